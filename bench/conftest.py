@@ -1,0 +1,82 @@
+"""Benchmark configuration: timing helpers, and the results written as JSON per device.
+
+`pytest bench/ --benchmark-only` times every case; at the end the statistics are written to
+bench/results/<device>.json (one file per device; a case run again replaces its earlier result),
+which bench/report.py turns into BENCHMARKS.md.
+"""
+
+import datetime
+import json
+import pathlib
+import re
+
+import pytest
+import torch
+
+import reidfast
+from benchutil import device_name
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+@pytest.fixture
+def timed(benchmark):
+    """benchmark(fn) that synchronises a GPU inside the timed call and records peak GPU memory."""
+
+    def run(fn, device, **extra_info):
+        benchmark.extra_info.update(extra_info, device=device, device_name=device_name(device))
+        if device == "cuda":
+            def call():
+                fn()
+                torch.cuda.synchronize()
+
+            fn()  # warm-up outside the timing (compilation, autotuning, allocator)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            benchmark(call)
+            benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            fn()
+            benchmark(fn)
+
+    return run
+
+
+def _percentile(sorted_data, q):
+    index = min(len(sorted_data) - 1, max(0, round(q * (len(sorted_data) - 1))))
+    return sorted_data[index]
+
+
+def pytest_sessionfinish(session):
+    bench_session = getattr(session.config, "_benchmarksession", None)
+    if bench_session is None or bench_session.disabled or not bench_session.benchmarks:
+        return
+    by_device: dict[str, list] = {}
+    for bench in bench_session.benchmarks:
+        if not bench.stats or not bench.stats.data:
+            continue
+        data = sorted(bench.stats.data)
+        by_device.setdefault(bench.extra_info["device_name"], []).append({
+            "name": bench.name,
+            "group": bench.group,
+            **bench.extra_info,
+            "rounds": len(data),
+            "median_ms": 1e3 * bench.stats.median,
+            "p20_ms": 1e3 * _percentile(data, 0.2),
+            "p80_ms": 1e3 * _percentile(data, 0.8),
+        })
+    RESULTS.mkdir(exist_ok=True)
+    for name, cases in by_device.items():
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+        path = RESULTS / f"{slug}.json"
+        # Cases of this run replace their earlier results; cases not run now are kept.
+        earlier = json.loads(path.read_text())["cases"] if path.exists() else []
+        names = {case["name"] for case in cases}
+        cases = [case for case in earlier if case["name"] not in names] + cases
+        path.write_text(json.dumps({
+            "device_name": name,
+            "date": datetime.date.today().isoformat(),
+            "torch": torch.__version__,
+            "reidfast": reidfast.__version__,
+            "cases": cases,
+        }, indent=1) + "\n")

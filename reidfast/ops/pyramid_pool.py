@@ -1,0 +1,305 @@
+"""Stripe/pyramid pooling of part-based Re-ID heads: GMP and/or GAP over windows of stripes.
+
+A feature map x [B, C, H, W] is cut along H into n basic stripes; stripe i covers rows
+[floor(i*H/n), floor((i+1)*H/n)) (a partition of H, equal stripes when n divides H; adaptive
+pooling's overlapping boundaries are not used). A window (start, length) covers stripes
+start .. start+length-1. For each window the op gives, per channel,
+
+    GMP(window) = max over the window's rows and all W columns,
+    GAP(window) = mean over the same elements,
+
+and mode "max+avg" is their sum: the branch op of the Pyramid paper (Fig. 3). One call covers the
+poolings of the part-based methods: the 21-window pyramid of n = 6 (`pyramid_windows(6)`), MGN's
+global + 2 + 3 stripes, PCB's 6 stripes, PLR-OSNet's 4 averaged stripes.
+
+Numerics and ties. Sums accumulate in float32 (float64 for float64 input) and the result is rounded
+to the input dtype once. The maximum propagates NaN (a NaN is larger than any number). Backward sends
+the average's gradient evenly over the window and the maximum's gradient to the window's maximum,
+the first one in row-major (h, w) order on ties, as torch.max(dim) does; every element of grad_x is
+written once, without atomics, so backward is deterministic on every backend.
+
+Export. Under torch.export (and so torch.onnx.export(dynamo=True)) the op is traced as its stripe
+decomposition in standard operators (Slice, ReduceMax, ReduceSum, Max, Add, Concat), so an exported
+model does not need reidfast to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from reidfast import _extension
+from reidfast.backend import resolve_backend, triton_installed
+
+MODES = ("max", "avg", "max+avg")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def pyramid_windows(num_parts: int, levels: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The windows of the stripe pyramid, as (start, length) pairs in stripe units.
+
+    Level l (1 <= l <= num_parts) holds the num_parts - l + 1 windows of l adjacent stripes, at a
+    stride of one stripe; the whole pyramid has num_parts * (num_parts + 1) / 2 windows, ordered fine
+    to coarse and left to right: (0,1), (1,1), ..., (0,2), ..., (0,num_parts).
+
+    Args:
+        num_parts: number of basic stripes n (>= 1).
+        levels: which levels to keep, in the order given (e.g. (1, 2, 5, 6) for the paper's
+            "Pyramid-110011"); None keeps all of 1..n.
+    """
+    _check_int("num_parts", num_parts, minimum=1)
+    if levels is None:
+        levels = range(1, num_parts + 1)
+    else:
+        levels = list(levels)
+        if not levels:
+            raise ValueError("levels must name at least one pyramid level, got an empty sequence")
+        for level in levels:
+            if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= num_parts:
+                raise ValueError(f"levels must be integers in [1, num_parts={num_parts}], got {level!r}")
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"levels must not repeat a level, got {tuple(levels)}")
+    return [(start, level) for level in levels for start in range(num_parts - level + 1)]
+
+
+def pyramid_pool(
+    x: torch.Tensor,
+    num_parts: int = 6,
+    windows: Sequence[tuple[int, int]] | None = None,
+    mode: str = "max+avg",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Pools each window of horizontal stripes of `x` (GMP, GAP or GMP + GAP).
+
+    Args:
+        x (Tensor[B, C, H, W]): feature map, float32, float16 or bfloat16 (float64 on the
+            'reference' and 'cpu' backends), any strides (channels_last included).
+        num_parts: number of basic stripes n, 1 <= n <= H.
+        windows: (start, length) pairs in stripe units, 0 <= start, 1 <= length,
+            start + length <= n; None is the whole pyramid, `pyramid_windows(num_parts)`.
+        mode: "max" (GMP), "avg" (GAP) or "max+avg" (their sum).
+        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend).
+
+    Returns:
+        Tensor[B, len(windows), C] in x's dtype: out[b, i, c] = GMP + GAP of window i of plane
+        (b, c), as `mode` says.
+    """
+    starts, lengths = _check_args(x, num_parts, windows, mode)
+    if torch.compiler.is_exporting():
+        return pyramid_pool_from_stripes(x, num_parts, list(zip(starts, lengths)), mode)
+    name = resolve_backend(backend, x.device)
+    if name == "reference":
+        return pyramid_pool_reference(x, num_parts, list(zip(starts, lengths)), mode)
+    if x.dtype == torch.float64 and name != "cpu":
+        raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
+    return_argmax = "max" in mode and torch.is_grad_enabled() and x.requires_grad
+    out, _ = _FORWARD_OPS[name](x, num_parts, starts, lengths, mode, return_argmax)
+    return out
+
+
+def pyramid_pool_reference(
+    x: torch.Tensor,
+    num_parts: int = 6,
+    windows: Sequence[tuple[int, int]] | None = None,
+    mode: str = "max+avg",
+) -> torch.Tensor:
+    """The specification of `pyramid_pool`, in plain PyTorch, one window at a time.
+
+    Same arguments and result as `pyramid_pool`; differentiable through PyTorch's autograd
+    (torch.max(dim) sends the gradient to the first maximum, as the fused kernels do).
+    """
+    starts, lengths = _check_args(x, num_parts, windows, mode)
+    out, _ = reference_forward(x, num_parts, starts, lengths, mode)
+    return out
+
+
+def reference_forward(
+    x: torch.Tensor, num_parts: int, starts: Sequence[int], lengths: Sequence[int], mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference pooled values [B, NW, C] and window argmax [B, NW, C] (int32, h * W + w)."""
+    _, _, height, width = x.shape
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    pooled, argmax = [], []
+    for start, length in zip(starts, lengths):
+        row_begin = _stripe_begin(start, height, num_parts)
+        row_end = _stripe_begin(start + length, height, num_parts)
+        window = x[:, :, row_begin:row_end, :].flatten(2)  # [B, C, rows * W]
+        maximum, index = window.max(dim=2)  # [B, C]: first maximum on ties, NaN propagates
+        value = torch.zeros_like(maximum, dtype=acc_dtype)
+        if "max" in mode:
+            value = value + maximum.to(acc_dtype)
+        if "avg" in mode:
+            value = value + window.to(acc_dtype).mean(dim=2)
+        pooled.append(value.to(x.dtype))
+        argmax.append((index + row_begin * width).to(torch.int32))
+    return torch.stack(pooled, dim=1), torch.stack(argmax, dim=1)
+
+
+def pyramid_pool_from_stripes(
+    x: torch.Tensor,
+    num_parts: int = 6,
+    windows: Sequence[tuple[int, int]] | None = None,
+    mode: str = "max+avg",
+) -> torch.Tensor:
+    """`pyramid_pool` from per-stripe statistics, in standard operators only.
+
+    Each stripe is reduced once (amax and float32 sum), then each window combines its stripes.
+    This is the best plain-PyTorch formulation (the baseline the fused kernels are measured
+    against) and the form the op takes in exported models. Its values equal the op's; its
+    gradient is PyTorch's for amax, which splits the gradient evenly among tied maxima.
+    """
+    starts, lengths = _check_args(x, num_parts, windows, mode)
+    height, width = x.shape[2], x.shape[3]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    bounds = [_stripe_begin(s, height, num_parts) for s in range(num_parts + 1)]
+    stripes = [x[:, :, bounds[s] : bounds[s + 1], :] for s in range(num_parts)]  # n x [B, C, rows, W]
+    stripe_max = [stripe.amax(dim=(2, 3)) for stripe in stripes] if "max" in mode else []
+    stripe_sum = [stripe.sum(dim=(2, 3), dtype=acc_dtype) for stripe in stripes] if "avg" in mode else []
+    pooled = []
+    for start, length in zip(starts, lengths):
+        last = start + length
+        value = None
+        if "max" in mode:
+            value = torch.stack(stripe_max[start:last]).amax(dim=0).to(acc_dtype)
+        if "avg" in mode:
+            mean = torch.stack(stripe_sum[start:last]).sum(dim=0) / ((bounds[last] - bounds[start]) * width)
+            value = mean if value is None else value + mean
+        pooled.append(value.to(x.dtype))
+    return torch.stack(pooled, dim=1)
+
+
+def _stripe_begin(stripe: int, height: int, num_parts: int) -> int:
+    """First row of `stripe` (stripe == num_parts gives H)."""
+    return stripe * height // num_parts
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
+    """Validates the arguments of pyramid_pool; returns the windows as (starts, lengths)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a Tensor [B, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    _check_int("num_parts", num_parts, minimum=1)
+    height = x.shape[2]
+    if num_parts > height:
+        raise ValueError(f"num_parts must be at most H={height} (one row per stripe), got {num_parts}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if windows is None:
+        windows = pyramid_windows(num_parts)
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence) or len(windows) == 0:
+        raise ValueError(f"windows must be a non-empty sequence of (start, length) pairs, got {windows!r}")
+    starts, lengths = [], []
+    for window in windows:
+        if not (isinstance(window, Sequence) and len(window) == 2) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in window
+        ):
+            raise ValueError(f"windows must hold (start, length) pairs of ints, got {window!r}")
+        start, length = window
+        if length < 1 or start < 0 or start + length > num_parts:
+            raise ValueError(
+                f"window {tuple(window)} is empty or outside the {num_parts} stripes "
+                f"(need start >= 0, length >= 1, start + length <= num_parts)"
+            )
+        starts.append(start)
+        lengths.append(length)
+    return starts, lengths
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _register(forward_op, backward_op) -> None:
+    """Fake kernels and autograd for one (forward, backward) pair of registered ops."""
+
+    @torch.library.register_fake(forward_op)
+    def _(x, num_parts, window_starts, window_lengths, mode, return_argmax):
+        batch, channels = x.shape[0], x.shape[1]
+        out = x.new_empty(batch, len(window_starts), channels)
+        if return_argmax and "max" in mode:
+            return out, x.new_empty(batch, len(window_starts), channels, dtype=torch.int32)
+        return out, x.new_empty(0, dtype=torch.int32)
+
+    @torch.library.register_fake(backward_op)
+    def _(grad_out, argmax, num_parts, window_starts, window_lengths, mode, height, width, channels_last):
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        shape = (grad_out.shape[0], grad_out.shape[2], height, width)
+        return torch.empty(shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=memory_format)
+
+    def setup_context(ctx, inputs, output):
+        x, num_parts, window_starts, window_lengths, mode, return_argmax = inputs
+        if "max" in mode and not return_argmax:
+            ctx.missing_argmax = True
+            return
+        ctx.missing_argmax = False
+        ctx.geometry = (num_parts, window_starts, window_lengths, mode, x.shape[2], x.shape[3], _is_channels_last(x))
+        ctx.save_for_backward(output[1])
+
+    def backward(ctx, grad_out, _grad_argmax):
+        if ctx.missing_argmax:
+            raise RuntimeError(
+                "pyramid_pool: the forward ran with return_argmax=False, so the maximum's gradient "
+                "cannot be routed; call the op with return_argmax=True when x needs a gradient"
+            )
+        (argmax,) = ctx.saved_tensors
+        num_parts, starts, lengths, mode, height, width, channels_last = ctx.geometry
+        grad_x = backward_op(grad_out, argmax, num_parts, starts, lengths, mode, height, width, channels_last)
+        return grad_x, None, None, None, None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+    def refuse_double_backward(ctx, *grads):
+        raise RuntimeError("pyramid_pool: double backward is not supported")
+
+    torch.library.register_autograd(backward_op, refuse_double_backward)
+
+
+_FORWARD_OPS = {}
+
+if _extension.LOAD_ERROR is None:
+    _register(torch.ops.reidfast.pyramid_pool_forward.default, torch.ops.reidfast.pyramid_pool_backward.default)
+    _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.reidfast.pyramid_pool_forward.default
+
+if triton_installed():
+    from reidfast.kernels import pyramid_pool as _triton_kernels
+
+    @torch.library.triton_op("reidfast::pyramid_pool_forward_triton", mutates_args=())
+    def _pyramid_pool_forward_triton(
+        x: torch.Tensor,
+        num_parts: int,
+        window_starts: list[int],
+        window_lengths: list[int],
+        mode: str,
+        return_argmax: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _triton_kernels.pyramid_pool_forward(x, num_parts, window_starts, window_lengths, mode, return_argmax)
+
+    @torch.library.triton_op("reidfast::pyramid_pool_backward_triton", mutates_args=())
+    def _pyramid_pool_backward_triton(
+        grad_out: torch.Tensor,
+        argmax: torch.Tensor,
+        num_parts: int,
+        window_starts: list[int],
+        window_lengths: list[int],
+        mode: str,
+        height: int,
+        width: int,
+        channels_last: bool,
+    ) -> torch.Tensor:
+        return _triton_kernels.pyramid_pool_backward(
+            grad_out, argmax, num_parts, window_starts, window_lengths, mode, height, width, channels_last
+        )
+
+    _register(_pyramid_pool_forward_triton._opoverload, _pyramid_pool_backward_triton._opoverload)
+    _FORWARD_OPS["triton"] = _pyramid_pool_forward_triton._opoverload
