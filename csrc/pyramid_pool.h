@@ -62,6 +62,7 @@ inline void check_windows(int64_t num_parts, int64_t height, at::IntArrayRef sta
 inline void check_forward_input(const at::Tensor& x, int64_t num_parts, at::IntArrayRef starts,
                                 at::IntArrayRef lengths) {
   TORCH_CHECK(x.dim() == 4, "pyramid_pool: x must be 4-D [B, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK(x.size(3) >= 1, "pyramid_pool: x must have W >= 1, got shape ", x.sizes());
   check_windows(num_parts, x.size(2), starts, lengths);
 }
 

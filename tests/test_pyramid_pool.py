@@ -316,6 +316,7 @@ def test_compile_fullgraph(layout):
         (dict(x=[1.0]), TypeError, "x must be a Tensor"),
         (dict(x=torch.randn(2, 3, 4)), ValueError, r"x must be 4-D \[B, C, H, W\], got shape \(2, 3, 4\)"),
         (dict(x=torch.ones(1, 2, 4, 2, dtype=torch.int64)), TypeError, "got torch.int64"),
+        (dict(x=torch.randn(1, 2, 8, 0)), ValueError, r"x must have W >= 1 .*got shape \(1, 2, 8, 0\)"),
         (dict(num_parts=0), ValueError, "num_parts must be >= 1, got 0"),
         (dict(num_parts=True), TypeError, "num_parts must be an int, got bool"),
         (dict(num_parts=2.0), TypeError, "num_parts must be an int, got float"),
@@ -375,6 +376,7 @@ def test_triton_refuses_float64():
     "args, message",
     [
         ((torch.randn(2, 3, 4), 2, [0], [1], "max", False), "x must be 4-D"),
+        ((torch.randn(1, 2, 4, 0), 2, [0], [1], "max", False), "x must have W >= 1"),
         ((torch.randn(1, 2, 4, 2), 5, [0], [1], "max", False), r"num_parts must be in \[1, H=4\], got 5"),
         ((torch.randn(1, 2, 4, 2), 2, [1], [2], "max", False), r"window 0 = \(start 1, length 2\)"),
         ((torch.randn(1, 2, 4, 2), 2, [0, 1], [1], "max", False), "differ in length"),

@@ -189,6 +189,8 @@ def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
         raise ValueError(f"x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in _DTYPES:
         raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[3] == 0:
+        raise ValueError(f"x must have W >= 1 (a window of no columns has no mean), got shape {tuple(x.shape)}")
     _check_int("num_parts", num_parts, minimum=1)
     height = x.shape[2]
     if num_parts > height:
