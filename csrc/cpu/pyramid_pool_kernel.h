@@ -101,6 +101,17 @@ inline int64_t find_first_equal(const scalar_t* src, int64_t length, acc_t value
 #if REIDFAST_CPU_ISA_IS_AVX2
   if constexpr (std::is_same_v<scalar_t, float>) {
     const __m256 target = _mm256_set1_ps(value);
+    const auto equal_mask = [&](int64_t at) {
+      return static_cast<uint32_t>(
+          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(src + at), target, _CMP_EQ_OQ)));
+    };
+    // 32 elements per test: a ResNet stripe (4 rows of 8) is one branch, taken, instead of a
+    // loop exit at a random position that the branch predictor misses.
+    for (; i + 32 <= length; i += 32) {
+      const uint32_t mask = equal_mask(i) | equal_mask(i + 8) << 8 | equal_mask(i + 16) << 16 |
+                            equal_mask(i + 24) << 24;
+      if (mask != 0) return i + __builtin_ctz(mask);
+    }
     for (; i + 8 <= length; i += 8) {
       const __m256 equal = _mm256_cmp_ps(_mm256_loadu_ps(src + i), target, _CMP_EQ_OQ);
       const int mask = _mm256_movemask_ps(equal);

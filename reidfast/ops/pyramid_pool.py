@@ -241,6 +241,10 @@ def _register(forward_op, backward_op) -> None:
 
     def setup_context(ctx, inputs, output):
         x, num_parts, window_starts, window_lengths, mode, return_argmax = inputs
+        # The argmax output is an integer tensor: without this, autograd would build a zero
+        # gradient the size of the output for it on every backward.
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
         if "max" in mode and not return_argmax:
             ctx.missing_argmax = True
             return
@@ -254,6 +258,8 @@ def _register(forward_op, backward_op) -> None:
                 "pyramid_pool: the forward ran with return_argmax=False, so the maximum's gradient "
                 "cannot be routed; call the op with return_argmax=True when x needs a gradient"
             )
+        if grad_out is None:
+            return None, None, None, None, None, None
         (argmax,) = ctx.saved_tensors
         num_parts, starts, lengths, mode, height, width, channels_last = ctx.geometry
         grad_x = backward_op(grad_out, argmax, num_parts, starts, lengths, mode, height, width, channels_last)
