@@ -403,6 +403,21 @@ class Launch(NamedTuple):
     num_warps: int
 
 
+def _window_constexprs(
+    num_parts: int, window_starts: list[int], window_lengths: list[int], mode: str
+) -> dict[str, object]:
+    """The compile-time window table and mode shared by both kernels."""
+    has_max, has_avg = _parse_mode(mode)
+    return dict(
+        N_PARTS=int(num_parts),
+        WIN_FIRST=tuple(int(s) for s in window_starts),
+        WIN_LAST=tuple(int(s) + int(n) - 1 for s, n in zip(window_starts, window_lengths)),
+        NUM_WINDOWS=len(window_starts),
+        HAS_MAX=has_max,
+        HAS_AVG=has_avg,
+    )
+
+
 def forward_launch(
     x: torch.Tensor,
     out: torch.Tensor,
@@ -414,7 +429,6 @@ def forward_launch(
     store_argmax: bool,
 ) -> Launch:
     """The forward launch for x [B, C, H, W] (B, C >= 1) into out and argmax [B, NW, C]."""
-    has_max, has_avg = _parse_mode(mode)
     B, C, H, W = x.shape
     stride_xb, stride_xc, stride_xh, stride_xw = x.stride()
     stride_xk = _flat_spatial_stride(H, W, stride_xh, stride_xw)
@@ -430,12 +444,7 @@ def forward_launch(
             stride_xk=0 if stride_xk is None else stride_xk,
         ),
         constexprs=dict(
-            N_PARTS=int(num_parts),
-            WIN_FIRST=tuple(int(s) for s in window_starts),
-            WIN_LAST=tuple(int(s) + int(n) - 1 for s, n in zip(window_starts, window_lengths)),
-            NUM_WINDOWS=len(window_starts),
-            HAS_MAX=has_max,
-            HAS_AVG=has_avg,
+            **_window_constexprs(num_parts, window_starts, window_lengths, mode),
             STORE_ARGMAX=store_argmax,
             FLAT_HW=stride_xk is not None,
             ALIGN=align,
@@ -459,7 +468,7 @@ def backward_launch(
 ) -> Launch:
     """The backward launch writing grad_x [B, C, H, W] (NCHW or channels_last, B, C >= 1) from
     grad_out and argmax [B, NW, C]."""
-    has_max, has_avg = _parse_mode(mode)
+    has_max, _ = _parse_mode(mode)
     B, C, H, W = grad_x.shape
     # Both memory formats give offset(h, w) == (h * W + w) * stride(3).
     stride_xb, stride_xc, _, stride_xk = grad_x.stride()
@@ -479,12 +488,7 @@ def backward_launch(
             stride_xb=stride_xb, stride_xc=stride_xc, stride_xk=stride_xk,
         ),
         constexprs=dict(
-            N_PARTS=int(num_parts),
-            WIN_FIRST=tuple(int(s) for s in window_starts),
-            WIN_LAST=tuple(int(s) + int(n) - 1 for s, n in zip(window_starts, window_lengths)),
-            NUM_WINDOWS=len(window_starts),
-            HAS_MAX=has_max,
-            HAS_AVG=has_avg,
+            **_window_constexprs(num_parts, window_starts, window_lengths, mode),
             ALIGN=align,
             BLOCK_C=block_c,
             BLOCK_HW=block_hw,
