@@ -18,6 +18,16 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "pyramid_pool_backward(Tensor grad_out, Tensor argmax, int num_parts, int[] window_starts, "
       "int[] window_lengths, str mode, SymInt height, SymInt width, bool channels_last) -> Tensor");
+
+  // Generalised batch-hard selection (PLA Eq. 3-4), see reidfast/ops/triplet_select.py.
+  //   x [N, D], labels [N] int64, ref [M, D] (x's dtype and device), ref_labels [M] int64;
+  //   self_reference: ref is x itself, and pair (i, i) is the anchor's own positive at distance 0.
+  //   -> pos_dist [N], neg_dist [N] (x's dtype), pos_index [N], neg_index [N] (int64): the k-th
+  //   largest positive and p-th smallest negative distance (ties to the lower index), -inf / +inf
+  //   and index -1 for an anchor without positives / negatives.
+  m.def(
+      "triplet_select_forward(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, "
+      "bool self_reference, int k, int p, bool squared) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifdef REIDFAST_PYTHON_MODULE

@@ -81,8 +81,13 @@ def available_backends() -> dict[str, BackendStatus]:
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(backend: str | None, device: torch.device) -> str:
+def resolve_backend(
+    backend: str | None, device: torch.device, op: str | None = None, implemented: tuple[str, ...] = BACKENDS
+) -> str:
     """The backend an op call on `device` uses (see the module docstring for the order).
+
+    `implemented` lists the backends that have kernels for `op` in this build (an op may be newer
+    than a backend's kernels): automatic selection skips the others, and naming one raises.
 
     Under torch.compile the choice is made once, when the function is traced, and is part of the
     compiled graph: a later change of REIDFAST_BACKEND does not retrace it.
@@ -91,7 +96,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     statuses = available_backends()
     if requested is None:
         for name in _PREFERENCE.get(device.type, ("reference",)):
-            if device.type in statuses[name].devices:
+            if device.type in statuses[name].devices and name in implemented:
                 return name
         return "reference"
     source = "backend" if backend is not None else "REIDFAST_BACKEND"
@@ -103,5 +108,10 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     if device.type not in status.devices:
         raise ValueError(
             f"{source}={requested!r} runs on {', '.join(status.devices)} tensors; the input is on {device}"
+        )
+    if requested not in implemented:
+        raise RuntimeError(
+            f"{source}={requested!r} has no kernel for {op} in this build; "
+            f"backends with one: {', '.join(implemented)}"
         )
     return requested

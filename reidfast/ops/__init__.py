@@ -2,5 +2,21 @@
 backends (see reidfast.backend)."""
 
 from reidfast.ops.pyramid_pool import pyramid_pool, pyramid_pool_reference, pyramid_windows
+from reidfast.ops.triplet_select import (
+    TripletSelection,
+    pairwise_distance,
+    triplet_loss,
+    triplet_select,
+    triplet_select_reference,
+)
 
-__all__ = ["pyramid_pool", "pyramid_pool_reference", "pyramid_windows"]
+__all__ = [
+    "TripletSelection",
+    "pairwise_distance",
+    "pyramid_pool",
+    "pyramid_pool_reference",
+    "pyramid_windows",
+    "triplet_loss",
+    "triplet_select",
+    "triplet_select_reference",
+]

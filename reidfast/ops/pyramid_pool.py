@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from reidfast import _extension
+from reidfast.ops._checks import check_int
 from reidfast.backend import resolve_backend, triton_installed
 
 MODES = ("max", "avg", "max+avg")
@@ -48,7 +49,7 @@ def pyramid_windows(num_parts: int, levels: Sequence[int] | None = None) -> list
         levels: which levels to keep, in the order given (e.g. (1, 2, 5, 6) for the paper's
             "Pyramid-110011"); None keeps all of 1..n.
     """
-    _check_int("num_parts", num_parts, minimum=1)
+    check_int("num_parts", num_parts, minimum=1)
     if levels is None:
         levels = range(1, num_parts + 1)
     else:
@@ -174,13 +175,6 @@ def _stripe_begin(stripe: int, height: int, num_parts: int) -> int:
     return stripe * height // num_parts
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
     """Validates the arguments of pyramid_pool; returns the windows as (starts, lengths)."""
     if not isinstance(x, torch.Tensor):
@@ -191,7 +185,7 @@ def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
         raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.shape[3] == 0:
         raise ValueError(f"x must have W >= 1 (a window of no columns has no mean), got shape {tuple(x.shape)}")
-    _check_int("num_parts", num_parts, minimum=1)
+    check_int("num_parts", num_parts, minimum=1)
     height = x.shape[2]
     if num_parts > height:
         raise ValueError(f"num_parts must be at most H={height} (one row per stripe), got {num_parts}")

@@ -1,0 +1,380 @@
+"""Pairwise distances, the generalised batch-hard selection, and the triplet losses built on it.
+
+Distances (the convention of every public Re-ID codebase, in GEMM form so that it exports to ONNX):
+
+    d(a, b) = sqrt(clamp(|a|^2 + |b|^2 - 2 a.b, min=1e-12)),   squared: the clamped value.
+
+Selection (PLA, Eq. 3-4). For anchor i of x [N, D] with label y_i, against a reference set r [M, D]
+with labels z (the batch itself by default, or a cross-batch memory bank):
+
+    d_ap(i) = the k-th largest d(x_i, r_j) over positives j (z_j == y_i),
+    d_an(i) = the p-th smallest d(x_i, r_j) over negatives j (z_j != y_i),
+
+with k_eff = min(k, number of positives) and p_eff = min(p, number of negatives). Against the
+batch itself the anchor is its own positive, at distance exactly 0 (and no gradient), so with K
+images per identity k = K picks the easiest positive. Ties go to the lower index: positives are
+ranked by (distance descending, index ascending), negatives by (distance ascending, index
+ascending); NaN ranks as the largest distance, as in torch.sort. k = p = 1 is the batch-hard
+selection.
+
+Gradient flows only through the selected pairs. The fused backends compute distance tiles and keep
+the running k largest positives and p smallest negatives per anchor, so the N x M matrix is never
+materialised; their backward scatters each anchor's gradient to the anchor and its two chosen
+partners (torch's index_add_: deterministic on the CPU; on CUDA it uses atomics, deterministic only
+under torch.use_deterministic_algorithms(True)).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from reidfast import _extension
+from reidfast.backend import BACKENDS, resolve_backend
+from reidfast.ops._checks import check_int, check_tensor
+
+# Smallest squared distance; its square root, 1e-6, is the smallest distance.
+DISTANCE_EPS = 1e-12
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class TripletSelection(NamedTuple):
+    """The pair chosen for each anchor.
+
+    pos_dist, neg_dist (Tensor[N]): d_ap and d_an, in x's dtype.
+    pos_index, neg_index (Tensor[N], int64): the chosen positive and negative, as rows of the
+        reference set (of x itself when no `ref` is given).
+    """
+
+    pos_dist: torch.Tensor
+    neg_dist: torch.Tensor
+    pos_index: torch.Tensor
+    neg_index: torch.Tensor
+
+
+def pairwise_distance(
+    x: torch.Tensor, y: torch.Tensor | None = None, squared: bool = False, backend: str | None = None
+) -> torch.Tensor:
+    """Euclidean distances between the rows of x and of y, in GEMM form.
+
+    Args:
+        x (Tensor[N, D]), y (Tensor[M, D] or None, meaning x): float32, float16, bfloat16 or
+            float64, on one device.
+        squared: return the clamped squared distance instead of its square root.
+        backend: checked like every op's (see reidfast.backend); every backend computes this with
+            the device's matrix multiply, which is already the fused form.
+
+    Returns:
+        Tensor[N, M] in x's dtype: sqrt(clamp(|x_i|^2 + |y_j|^2 - 2 x_i.y_j, min=1e-12)), computed
+        in float32 (float64 for float64 input). Unlike torch.cdist it exports to ONNX.
+    """
+    check_tensor("x", x, 2, "[N, D]")
+    _check_float("x", x)
+    if y is not None:
+        check_tensor("y", y, 2, "[M, D]")
+        _check_float("y", y)
+        _check_same(x, y, "x", "y")
+    resolve_backend(backend, x.device)
+    return _distance_matrix(x, x if y is None else y, squared).to(x.dtype)
+
+
+def _distance_matrix(x: torch.Tensor, y: torch.Tensor, squared: bool) -> torch.Tensor:
+    """[N, M] distances in the accumulation dtype (float32, float64 for float64)."""
+    acc = _accumulation_dtype(x.dtype)
+    x, y = x.to(acc), y.to(acc)
+    squares = x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :] - 2.0 * (x @ y.t())
+    squares = squares.clamp(min=DISTANCE_EPS)
+    return squares if squared else squares.sqrt()
+
+
+def triplet_select(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    k: int = 1,
+    p: int = 1,
+    squared: bool = False,
+    ref: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> TripletSelection:
+    """For each anchor, the k-th largest positive and the p-th smallest negative distance.
+
+    Args:
+        x (Tensor[N, D]): anchors' embeddings; float32, float16 or bfloat16 (float64 on the
+            'reference' and 'cpu' backends).
+        labels (Tensor[N]): identities, any integer dtype and values.
+        k, p: ranks (>= 1) of the positive (largest first) and negative (smallest first).
+        squared: select on squared distances (and return them).
+        ref (Tensor[M, D]), ref_labels (Tensor[M]): select against this set (a memory bank)
+            instead of x itself; both or neither, same dtype and device as x and labels.
+        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend).
+
+    Returns:
+        TripletSelection(pos_dist, neg_dist, pos_index, neg_index), each [N]; differentiable with
+        respect to x and ref through the selected pairs.
+
+    Raises:
+        ValueError: an anchor has no negative (or, against `ref`, no positive), naming its label.
+            This check reads the labels on the host (one synchronisation when they are on a GPU);
+            under torch.compile it is not made, and such an anchor gets neg_dist = +inf (pos_dist
+            = -inf) and index -1, so that its hinge or soft-margin loss is 0.
+    """
+    self_reference = _check_select_args(x, labels, k, p, ref, ref_labels)
+    if ref is None:
+        ref, ref_labels = x, labels
+    labels, ref_labels = labels.long(), ref_labels.long()
+    if not torch.compiler.is_compiling():
+        _check_label_structure(labels, ref_labels, self_reference)
+    name = resolve_backend(backend, x.device, "triplet_select", _implemented())
+    if name == "reference":
+        return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
+    if x.dtype == torch.float64 and name != "cpu":
+        raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
+    return TripletSelection(*_FORWARD_OPS[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
+
+
+def triplet_select_reference(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    k: int = 1,
+    p: int = 1,
+    squared: bool = False,
+    ref: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+) -> TripletSelection:
+    """The specification of `triplet_select`, in plain PyTorch: the full distance matrix, sorted.
+
+    Same arguments and result as `triplet_select`; differentiable through PyTorch's autograd.
+    """
+    self_reference = _check_select_args(x, labels, k, p, ref, ref_labels)
+    if ref is None:
+        ref, ref_labels = x, labels
+    labels, ref_labels = labels.long(), ref_labels.long()
+    _check_label_structure(labels, ref_labels, self_reference)
+    return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
+
+
+def _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared) -> TripletSelection:
+    dist = _distance_matrix(x, ref, squared)  # [N, M]
+    same = labels[:, None] == ref_labels[None, :]  # [N, M] positives
+    if self_reference:  # the anchor is its own positive at distance exactly 0
+        is_self = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        dist = torch.where(is_self, torch.zeros_like(dist), dist)
+    pos_dist, pos_index = _select_ranked(dist, same, k, largest=True)
+    neg_dist, neg_index = _select_ranked(dist, ~same, p, largest=False)
+    return TripletSelection(pos_dist.to(x.dtype), neg_dist.to(x.dtype), pos_index, neg_index)
+
+
+def _select_ranked(dist, member, rank, largest):
+    """Per row, the rank-th member (1-based, clamped to the member count) ordered by distance
+    (descending if largest) and then index; (+-inf, -1) for rows without members."""
+    order = torch.sort(dist, dim=1, descending=largest, stable=True).indices  # [N, M]
+    is_member = member.gather(1, order)
+    # Members first, each group keeping the distance order (a stable sort on the member flag).
+    order = order.gather(1, torch.sort((~is_member).to(torch.int8), dim=1, stable=True).indices)
+    count = member.sum(1)  # [N]
+    position = (count.clamp(max=rank) - 1).clamp(min=0)  # [N]
+    index = order.gather(1, position[:, None]).squeeze(1)
+    value = dist.gather(1, index[:, None]).squeeze(1)
+    empty = count == 0
+    missing = torch.full_like(value, float("-inf") if largest else float("inf"))
+    return torch.where(empty, missing, value), torch.where(empty, torch.full_like(index, -1), index)
+
+
+def triplet_loss(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.3,
+    soft: bool = False,
+    k: int = 1,
+    p: int = 1,
+    squared: bool = False,
+    reduction: str = "mean",
+    ref: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Triplet loss on the selected pairs: per anchor max(0, margin + d_ap - d_an), or
+    softplus(margin + d_ap - d_an) when `soft` (the soft-margin loss is soft=True, margin=0).
+
+    With k = p = 1 and the hinge it is the batch-hard loss; with soft=True it is PLA's generalised
+    batch-hard loss (Eq. 3-4). The selection runs on the fused kernels; the loss is elementwise on
+    the N selected distances.
+
+    Args:
+        x (Tensor[N, D]), labels (Tensor[N]), k, p, squared, ref, ref_labels, backend: as in
+            `triplet_select` (ref and ref_labels: a cross-batch memory bank); N >= 2.
+        margin: m (any float; PLA searches it in [-0.1, 0.3]).
+        reduction: "mean" over anchors, "sum", or "none" (Tensor[N]).
+
+    Returns:
+        The loss in x's dtype (computed in float32), a scalar unless reduction="none".
+    """
+    check_tensor("x", x, 2, "[N, D]")
+    if x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 embeddings for a triplet loss, got shape {tuple(x.shape)}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__} {margin!r}")
+    if not isinstance(soft, bool):
+        raise TypeError(f"soft must be a bool, got {type(soft).__name__} {soft!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    selection = triplet_select(
+        x, labels, k=k, p=p, squared=squared, ref=ref, ref_labels=ref_labels, backend=backend
+    )
+    return _triplet_loss_from(selection, margin, soft, reduction).to(x.dtype)
+
+
+def _triplet_loss_from(selection: TripletSelection, margin: float, soft: bool, reduction: str):
+    """The loss of `triplet_loss` from a selection (float32 or float64)."""
+    acc = _accumulation_dtype(selection.pos_dist.dtype)
+    z = margin + selection.pos_dist.to(acc) - selection.neg_dist.to(acc)  # [N]
+    losses = F.softplus(z) if soft else F.relu(z)
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_float(name: str, value: torch.Tensor) -> None:
+    if value.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {value.dtype}")
+
+
+def _check_same(a, b, name_a, name_b) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b} must have {name_a}'s dtype {a.dtype}, got {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{name_b} must be on {name_a}'s device {a.device}, got {b.device}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{name_b} must have {name_a}'s embedding size D={a.shape[1]}, got shape {tuple(b.shape)}"
+        )
+
+
+def _check_labels(name: str, labels, count: int, count_name: str, device) -> None:
+    check_tensor(name, labels, 1, f"[{count_name}]")
+    if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.shape[0] != count:
+        raise ValueError(f"{name} must hold {count_name}={count} labels, got {labels.shape[0]}")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on the embeddings' device {device}, got {labels.device}")
+
+
+def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
+    """Validates triplet_select's arguments; returns whether x is selected against itself."""
+    check_tensor("x", x, 2, "[N, D]")
+    _check_float("x", x)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one embedding, got shape {tuple(x.shape)}")
+    _check_labels("labels", labels, x.shape[0], "N", x.device)
+    check_int("k", k, minimum=1)
+    check_int("p", p, minimum=1)
+    if (ref is None) != (ref_labels is None):
+        raise ValueError("ref and ref_labels must be given together (or neither)")
+    if ref is None:
+        return True
+    check_tensor("ref", ref, 2, "[M, D]")
+    _check_same(x, ref, "x", "ref")
+    _check_labels("ref_labels", ref_labels, ref.shape[0], "M", x.device)
+    return False
+
+
+def _check_label_structure(labels: torch.Tensor, ref_labels: torch.Tensor, self_reference: bool) -> None:
+    """Every anchor has a negative in the reference set, and, against a memory bank, a positive.
+
+    Counts by binary search in the sorted reference labels: O((N + M) log M), no N x M mask.
+    """
+    sorted_ref = ref_labels.sort().values
+    same = torch.searchsorted(sorted_ref, labels, right=True) - torch.searchsorted(sorted_ref, labels)
+    no_negative = same == ref_labels.shape[0]
+    if bool(no_negative.any()):
+        label = labels[no_negative.nonzero()[0, 0]].item()
+        where = "the batch" if self_reference else "ref"
+        raise ValueError(
+            f"labels: an anchor with label {label} has no negative in {where} (every label there is "
+            f"{label}); a triplet needs at least two identities: use an identity-balanced sampler"
+        )
+    if not self_reference and bool((same == 0).any()):
+        label = labels[(same == 0).nonzero()[0, 0]].item()
+        raise ValueError(f"labels: an anchor with label {label} has no positive in ref_labels")
+
+
+def _select_backward(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, squared):
+    """Gradients of the selected distances with respect to x and ref (see the module docstring).
+
+    For a pair (i, j) with distance d and incoming gradient g: with s = |x_i|^2 + |r_j|^2 -
+    2 x_i.r_j, ds/dx_i = 2 (x_i - r_j) and ds/dr_j = 2 (r_j - x_i); dd/ds = 1 / (2 d), or 1 when
+    squared; 0 where s was clamped, for the anchor's own pair (distance exactly 0) and for
+    anchors without such a pair (index -1).
+    """
+    acc = _accumulation_dtype(x.dtype)
+    xs, rs = x.to(acc), ref.to(acc)
+    grad_x = torch.zeros_like(xs)
+    grad_ref = torch.zeros_like(rs)
+    for grad, dist, index in ((grad_pos, pos_dist, pos_index), (grad_neg, neg_dist, neg_index)):
+        if grad is None:
+            continue
+        dist = dist.to(acc)
+        square = dist if squared else dist * dist
+        live = (index >= 0) & (square > DISTANCE_EPS)
+        scale = grad.to(acc) if squared else grad.to(acc) / (2.0 * dist)
+        coefficient = torch.where(live, 2.0 * scale, torch.zeros_like(scale))  # [N]
+        partner = index.clamp(min=0)
+        difference = coefficient[:, None] * (xs - rs.index_select(0, partner))  # [N, D]
+        grad_x = grad_x + difference
+        grad_ref = grad_ref.index_add(0, partner, -difference)
+    return grad_x.to(x.dtype), grad_ref.to(ref.dtype)
+
+
+def _register(forward_op) -> None:
+    """Fake kernel and autograd of one registered forward op."""
+
+    @torch.library.register_fake(forward_op)
+    def _(x, labels, ref, ref_labels, self_reference, k, p, squared):
+        n = x.shape[0]
+        dist = x.new_empty(n)
+        return dist, x.new_empty(n), labels.new_empty(n), labels.new_empty(n)
+
+    def setup_context(ctx, inputs, output):
+        x, _, ref, _, _, _, _, squared = inputs
+        pos_dist, neg_dist, pos_index, neg_index = output
+        ctx.mark_non_differentiable(pos_index, neg_index)
+        ctx.set_materialize_grads(False)
+        ctx.squared = squared
+        ctx.save_for_backward(x, ref, pos_dist, neg_dist, pos_index, neg_index)
+
+    def backward(ctx, grad_pos, grad_neg, _grad_pos_index, _grad_neg_index):
+        if grad_pos is None and grad_neg is None:
+            return None, None, None, None, None, None, None, None
+        x, ref, pos_dist, neg_dist, pos_index, neg_index = ctx.saved_tensors
+        grad_x, grad_ref = _select_backward(
+            grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.squared
+        )
+        return grad_x, None, grad_ref, None, None, None, None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_FORWARD_OPS = {}
+
+
+def _implemented() -> tuple[str, ...]:
+    """Backends with a triplet_select kernel in this build."""
+    return ("reference",) + tuple(name for name in BACKENDS if name in _FORWARD_OPS)
+
+
+if _extension.LOAD_ERROR is None:
+    _register(torch.ops.reidfast.triplet_select_forward.default)
+    _FORWARD_OPS["cpu"] = torch.ops.reidfast.triplet_select_forward.default
+    if _extension.has_kernel("triplet_select_forward", "CUDA"):
+        _FORWARD_OPS["cuda"] = torch.ops.reidfast.triplet_select_forward.default

@@ -1,0 +1,318 @@
+"""triplet_select, pairwise_distance and triplet_loss: the fused CPU backend against the reference,
+the reference against an independent per-anchor loop, gradients, registration, and each error."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reidfast
+from reidfast.losses import TripletLoss
+from reidfast.ops import pairwise_distance, triplet_loss, triplet_select, triplet_select_reference
+
+FUSED_CPU = [name for name in ("cpu",) if reidfast.available_backends()[name].available]
+
+# (N, D, identities): uneven identity counts come from drawing labels at random (with every
+# identity present at least twice where the case allows it).
+SHAPES = [(2, 3, 2), (7, 5, 3), (40, 17, 6), (67, 33, 9), (130, 8, 40)]
+RANKS = [(1, 1), (2, 3), (4, 1), (100, 100)]
+
+
+def make_batch(n, d, identities, generator, dtype=torch.float32, values="random"):
+    labels = torch.randint(0, identities, (n,), generator=generator) * 7 - 3  # any label values
+    labels[:identities] = torch.arange(identities) * 7 - 3  # every identity present
+    labels = labels[torch.randperm(n, generator=generator)]
+    if values == "ties":  # a few integer values: many equal distances
+        x = torch.randint(0, 2, (n, d), generator=generator).float()
+    else:
+        x = torch.randn(n, d, generator=generator)
+    return x.to(dtype), labels
+
+
+def loop_select(x, labels, k, p, squared, ref=None, ref_labels=None):
+    """Independent specification: per anchor, Python lists sorted by the documented rule."""
+    self_reference = ref is None
+    if self_reference:
+        ref, ref_labels = x, labels
+    xs, rs = x.double(), ref.double()
+    result = []
+    for i in range(x.shape[0]):
+        positives, negatives = [], []
+        for j in range(ref.shape[0]):
+            square = float(xs[i] @ xs[i] + rs[j] @ rs[j] - 2 * (xs[i] @ rs[j]))
+            square = max(square, 1e-12)
+            dist = square if squared else math.sqrt(square)
+            if self_reference and i == j:
+                dist = 0.0
+            (positives if int(ref_labels[j]) == int(labels[i]) else negatives).append((dist, j))
+        positives.sort(key=lambda c: (-c[0], c[1]))
+        negatives.sort(key=lambda c: (c[0], c[1]))
+        pos = positives[min(k, len(positives)) - 1]
+        neg = negatives[min(p, len(negatives)) - 1]
+        result.append((pos, neg))
+    return result
+
+
+def distinct(dist_row_sorted, rank, tolerance=1e-4):
+    """Whether the rank-th candidate's distance is separated from its neighbours."""
+    values = [d for d, _ in dist_row_sorted]
+    at = values[rank]
+    return all(abs(v - at) > tolerance * max(1.0, abs(at)) for i, v in enumerate(values) if i != rank)
+
+
+def assert_same_selection(got, expected, rtol, atol, exact_indices=False):
+    torch.testing.assert_close(got.pos_dist.float(), expected.pos_dist.float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(got.neg_dist.float(), expected.neg_dist.float(), rtol=rtol, atol=atol)
+    if exact_indices:
+        assert torch.equal(got.pos_index, expected.pos_index)
+        assert torch.equal(got.neg_index, expected.neg_index)
+    else:
+        # A different index is allowed only where it holds the same distance (a near-tie).
+        for dist, index, name in (("pos_dist", "pos_index", "pos"), ("neg_dist", "neg_index", "neg")):
+            differ = getattr(got, index) != getattr(expected, index)
+            gap = (getattr(got, dist).float() - getattr(expected, dist).float()).abs()[differ]
+            assert torch.all(gap <= atol + rtol * getattr(expected, dist).float().abs()[differ]), name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k, p", RANKS)
+@pytest.mark.parametrize("squared", (False, True))
+def test_reference_matches_loop(shape, k, p, squared):
+    generator = torch.Generator().manual_seed(hash((shape, k, p, squared)) % 2**31)
+    x, labels = make_batch(*shape, generator, dtype=torch.float64)
+    selection = triplet_select_reference(x, labels, k, p, squared)
+    for i, (pos, neg) in enumerate(loop_select(x, labels, k, p, squared)):
+        assert selection.pos_dist[i].item() == pytest.approx(pos[0], rel=1e-9, abs=1e-9)
+        assert selection.neg_dist[i].item() == pytest.approx(neg[0], rel=1e-9, abs=1e-9)
+        assert selection.pos_index[i].item() == pos[1]
+        assert selection.neg_index[i].item() == neg[1]
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k, p", RANKS)
+@pytest.mark.parametrize("squared", (False, True))
+def test_fused_matches_reference(backend, shape, k, p, squared):
+    generator = torch.Generator().manual_seed(hash((backend, shape, k, p, squared)) % 2**31)
+    x, labels = make_batch(*shape, generator)
+    x.requires_grad_(True)
+    got = triplet_select(x, labels, k, p, squared, backend=backend)
+    expected = triplet_select_reference(x, labels, k, p, squared)
+    assert_same_selection(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(2, x.shape[0], generator=generator)
+    (grad_got,) = torch.autograd.grad((weights[0] * got.pos_dist + weights[1] * got.neg_dist).sum(), x)
+    (grad_expected,) = torch.autograd.grad(
+        (weights[0] * expected.pos_dist + weights[1] * expected.neg_dist).sum(), x
+    )
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("k, p", [(1, 1), (3, 4), (50, 50)])
+def test_ties_choose_the_lower_index(backend, k, p):
+    generator = torch.Generator().manual_seed(11)
+    x, labels = make_batch(48, 6, 5, generator, values="ties")
+    got = triplet_select(x, labels, k, p, backend=backend)
+    expected = triplet_select_reference(x, labels, k, p)
+    assert_same_selection(got, expected, rtol=0, atol=0, exact_indices=True)
+    for i, (pos, neg) in enumerate(loop_select(x, labels, k, p, squared=False)):
+        assert (got.pos_index[i].item(), got.neg_index[i].item()) == (pos[1], neg[1])
+
+
+@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+@pytest.mark.parametrize("k, p", [(1, 1), (2, 5), (1000, 1000)])
+def test_memory_bank(backend, k, p):
+    generator = torch.Generator().manual_seed(5)
+    x, labels = make_batch(23, 12, 6, generator)
+    ref, ref_labels = make_batch(301, 12, 6, generator)
+    x.requires_grad_(True)
+    ref.requires_grad_(True)
+    got = triplet_select(x, labels, k, p, ref=ref, ref_labels=ref_labels, backend=backend)
+    for i, (pos, neg) in enumerate(loop_select(x.detach(), labels, k, p, False, ref.detach(), ref_labels)):
+        assert got.pos_dist[i].item() == pytest.approx(pos[0], rel=1e-5)
+        assert got.neg_dist[i].item() == pytest.approx(neg[0], rel=1e-5)
+    expected = triplet_select_reference(x, labels, k, p, ref=ref, ref_labels=ref_labels)
+    assert_same_selection(got, expected, rtol=1e-5, atol=1e-5)
+    grads_got = torch.autograd.grad((got.pos_dist - 2 * got.neg_dist).sum(), (x, ref))
+    grads_expected = torch.autograd.grad((expected.pos_dist - 2 * expected.neg_dist).sum(), (x, ref))
+    for g, e in zip(grads_got, grads_expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+def test_own_pair_is_the_easiest_positive_with_no_gradient(backend):
+    # 4 identities x 3 images: k = 3 (the identity's image count) selects the anchor itself.
+    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(4).repeat_interleave(3)
+    selection = triplet_select(x, labels, k=3, backend=backend)
+    assert torch.equal(selection.pos_index, torch.arange(12))
+    assert torch.all(selection.pos_dist == 0)
+    (grad,) = torch.autograd.grad(selection.pos_dist.sum(), x)
+    assert torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2), (torch.float64, 1e-12)])
+def test_dtypes(backend, dtype, tolerance):
+    generator = torch.Generator().manual_seed(3)
+    x, labels = make_batch(37, 16, 5, generator, dtype=dtype)
+    got = triplet_select(x, labels, 2, 2, backend=backend)
+    assert got.pos_dist.dtype == dtype and got.pos_index.dtype == torch.int64
+    assert_same_selection(got, triplet_select_reference(x, labels, 2, 2), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+def test_nan_ranks_as_the_largest_distance(backend):
+    generator = torch.Generator().manual_seed(8)
+    x, labels = make_batch(20, 4, 3, generator)
+    x[5, 1] = float("nan")
+    got = triplet_select(x, labels, 2, 2, backend=backend)
+    expected = triplet_select_reference(x, labels, 2, 2)
+    assert torch.equal(got.pos_index, expected.pos_index)
+    assert torch.equal(got.neg_index, expected.neg_index)
+    torch.testing.assert_close(got.pos_dist, expected.pos_dist, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("squared", (False, True))
+def test_gradcheck(backend, squared):
+    generator = torch.Generator().manual_seed(21)
+    x, labels = make_batch(14, 5, 3, generator, dtype=torch.float64)
+    ref, ref_labels = make_batch(19, 5, 3, generator, dtype=torch.float64)
+    x.requires_grad_(True)
+    ref.requires_grad_(True)
+
+    def own(x):
+        selection = triplet_select(x, labels, 2, 3, squared, backend=backend)
+        return selection.pos_dist, selection.neg_dist
+
+    def bank(x, ref):
+        selection = triplet_select(x, labels, 2, 3, squared, ref=ref, ref_labels=ref_labels, backend=backend)
+        return selection.pos_dist, selection.neg_dist
+
+    assert torch.autograd.gradcheck(own, (x,))
+    assert torch.autograd.gradcheck(bank, (x, ref))
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension is not built")
+@pytest.mark.parametrize("self_reference", (True, False))
+def test_opcheck(self_reference):
+    generator = torch.Generator().manual_seed(2)
+    x, labels = make_batch(16, 8, 4, generator)
+    x.requires_grad_(True)
+    ref, ref_labels = (x, labels) if self_reference else make_batch(30, 8, 4, generator)
+    torch.library.opcheck(
+        torch.ops.reidfast.triplet_select_forward.default,
+        (x, labels, ref, ref_labels, self_reference, 2, 3, False),
+    )
+
+
+@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+def test_compile_fullgraph(backend):
+    generator = torch.Generator().manual_seed(4)
+    x, labels = make_batch(24, 10, 4, generator)
+    x.requires_grad_(True)
+
+    def loss_fn(x, labels):
+        return triplet_loss(x, labels, margin=0.5, soft=True, k=2, p=2, backend=backend)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager" if backend == "reference" else "inductor")
+    got = compiled(x, labels)
+    expected = loss_fn(x, labels)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0])
+
+
+@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+@pytest.mark.parametrize("soft", (False, True))
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+def test_triplet_loss_formula(backend, soft, reduction):
+    generator = torch.Generator().manual_seed(9)
+    x, labels = make_batch(30, 7, 5, generator)
+    margin = 0.3
+    loss = triplet_loss(x, labels, margin=margin, soft=soft, k=2, p=3, reduction=reduction, backend=backend)
+    per_anchor = []
+    for pos, neg in loop_select(x, labels, 2, 3, squared=False):
+        z = margin + pos[0] - neg[0]
+        per_anchor.append(math.log1p(math.exp(z)) if soft else max(0.0, z))
+    expected = torch.tensor(per_anchor)
+    expected = {"mean": expected.mean(), "sum": expected.sum(), "none": expected}[reduction]
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_triplet_loss_module_normalizes():
+    generator = torch.Generator().manual_seed(10)
+    x, labels = make_batch(20, 6, 4, generator)
+    module = TripletLoss(margin=0.2, normalize=True)
+    expected = triplet_loss(F.normalize(x, dim=1), labels, margin=0.2)
+    torch.testing.assert_close(module(x, labels), expected)
+    assert "normalize=True" in repr(module)
+
+
+def test_pairwise_distance():
+    generator = torch.Generator().manual_seed(12)
+    x, _ = make_batch(9, 5, 3, generator)
+    y, _ = make_batch(4, 5, 2, generator)
+    torch.testing.assert_close(pairwise_distance(x, y), torch.cdist(x, y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pairwise_distance(x, y, squared=True), torch.cdist(x, y) ** 2, rtol=1e-4, atol=1e-4)
+    own = pairwise_distance(x)
+    assert own.shape == (9, 9)
+    assert torch.all(own.diagonal() <= 1e-3)  # clamped at 1e-12 before the square root
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+def _batch():
+    return torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(x=torch.randn(6)), ValueError, "x must be 2-D"),
+        (dict(x=torch.randn(6, 4).int()), TypeError, "x must be float32"),
+        (dict(labels=torch.tensor([0.0, 0, 1, 1, 2, 2])), TypeError, "labels must have an integer dtype"),
+        (dict(labels=torch.tensor([0, 0, 1, 1, 2])), ValueError, "labels must hold N=6 labels, got 5"),
+        (dict(k=0), ValueError, "k must be >= 1, got 0"),
+        (dict(p=1.5), TypeError, "p must be an int"),
+        (dict(ref=torch.randn(5, 4)), ValueError, "ref and ref_labels must be given together"),
+        (dict(ref=torch.randn(5, 3), ref_labels=torch.zeros(5, dtype=torch.long)), ValueError, "embedding size D=4"),
+        (dict(ref=torch.randn(5, 4).double(), ref_labels=torch.zeros(5, dtype=torch.long)), TypeError, "ref must have x's dtype"),
+        (dict(labels=torch.zeros(6, dtype=torch.long)), ValueError, "label 0 has no negative"),
+        (
+            dict(ref=torch.randn(3, 4), ref_labels=torch.tensor([0, 1, 1])),
+            ValueError,
+            "label 2 has no positive in ref_labels",
+        ),
+        (dict(backend="gpu"), ValueError, "backend must be one of"),
+    ],
+)
+def test_select_errors(kwargs, error, message):
+    x, labels = _batch()
+    arguments = dict(x=x, labels=labels) | kwargs
+    with pytest.raises(error, match=message):
+        triplet_select(**arguments)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(x=torch.randn(1, 4), labels=torch.tensor([0])), ValueError, "at least 2 embeddings"),
+        (dict(reduction="avg"), ValueError, "reduction must be one of"),
+        (dict(margin="0.3"), TypeError, "margin must be a float"),
+        (dict(soft=1), TypeError, "soft must be a bool"),
+    ],
+)
+def test_loss_errors(kwargs, error, message):
+    x, labels = _batch()
+    arguments = dict(x=x, labels=labels) | kwargs
+    with pytest.raises(error, match=message):
+        triplet_loss(**arguments)
+
+
+def test_module_errors():
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        TripletLoss(reduction="max")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        TripletLoss(k=0)
