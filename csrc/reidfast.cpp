@@ -28,6 +28,13 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "triplet_select_forward(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, "
       "bool self_reference, int k, int p, bool squared) -> (Tensor, Tensor, Tensor, Tensor)");
+  //   Gradients of the selected distances: grad_pos, grad_neg [N] and the forward's inputs and
+  //   outputs -> grad_x [N, D], grad_ref [M, D] (x's dtype). Under self_reference the partners'
+  //   terms are added to grad_x and grad_ref is empty [0, D].
+  m.def(
+      "triplet_select_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor ref, "
+      "Tensor pos_dist, Tensor neg_dist, Tensor pos_index, Tensor neg_index, bool self_reference, "
+      "bool squared) -> (Tensor, Tensor)");
 }
 
 #ifdef REIDFAST_PYTHON_MODULE

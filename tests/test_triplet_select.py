@@ -208,6 +208,28 @@ def test_opcheck(self_reference):
     )
 
 
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension is not built")
+@pytest.mark.parametrize("self_reference", (True, False))
+@pytest.mark.parametrize("squared", (False, True))
+def test_backward_kernels_agree(self_reference, squared):
+    """The C++ backward (CPU) and the composite one (the CUDA kernel) on the same selection."""
+    from reidfast.ops.triplet_select import _select_backward_composite
+
+    generator = torch.Generator().manual_seed(6)
+    x, labels = make_batch(33, 9, 5, generator)
+    ref, ref_labels = (x, labels) if self_reference else make_batch(50, 9, 5, generator)
+    selection = torch.ops.reidfast.triplet_select_forward(x, labels, ref, ref_labels, self_reference, 2, 2, squared)
+    grads = torch.randn(2, 33, generator=generator)
+    arguments = (grads[0], grads[1], x, ref, *selection, self_reference, squared)
+    for got, expected in zip(
+        torch.ops.reidfast.triplet_select_backward(*arguments), _select_backward_composite(*arguments)
+    ):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if not self_reference:
+        torch.library.opcheck(torch.ops.reidfast.triplet_select_backward.default, arguments)
+
+
 @pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
 def test_compile_fullgraph(backend):
     generator = torch.Generator().manual_seed(4)

@@ -309,60 +309,75 @@ def _check_label_structure(labels: torch.Tensor, ref_labels: torch.Tensor, self_
         raise ValueError(f"labels: an anchor with label {label} has no positive in ref_labels")
 
 
-def _select_backward(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, squared):
-    """Gradients of the selected distances with respect to x and ref (see the module docstring).
+def _select_backward_composite(
+    grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared
+):
+    """triplet_select_backward in torch operations: the op's CUDA kernel (the work is O(N * D)
+    and memory-bound, which these few operations already are on a GPU).
 
     For a pair (i, j) with distance d and incoming gradient g: with s = |x_i|^2 + |r_j|^2 -
     2 x_i.r_j, ds/dx_i = 2 (x_i - r_j) and ds/dr_j = 2 (r_j - x_i); dd/ds = 1 / (2 d), or 1 when
     squared; 0 where s was clamped, for the anchor's own pair (distance exactly 0) and for
-    anchors without such a pair (index -1).
+    anchors without such a pair (index -1). The partners' terms are scattered with index_add_,
+    which uses atomics on CUDA (deterministic only under torch.use_deterministic_algorithms).
     """
     acc = _accumulation_dtype(x.dtype)
     xs, rs = x.to(acc), ref.to(acc)
     grad_x = torch.zeros_like(xs)
-    grad_ref = torch.zeros_like(rs)
+    grad_partner = torch.zeros_like(rs)
     for grad, dist, index in ((grad_pos, pos_dist, pos_index), (grad_neg, neg_dist, neg_index)):
-        if grad is None:
-            continue
         dist = dist.to(acc)
         square = dist if squared else dist * dist
         live = (index >= 0) & (square > DISTANCE_EPS)
-        scale = grad.to(acc) if squared else grad.to(acc) / (2.0 * dist)
-        coefficient = torch.where(live, 2.0 * scale, torch.zeros_like(scale))  # [N]
+        coefficient = 2.0 * grad.to(acc) if squared else grad.to(acc) / dist
+        coefficient = torch.where(live, coefficient, torch.zeros_like(coefficient))  # [N]
         partner = index.clamp(min=0)
         difference = coefficient[:, None] * (xs - rs.index_select(0, partner))  # [N, D]
         grad_x = grad_x + difference
-        grad_ref = grad_ref.index_add(0, partner, -difference)
-    return grad_x.to(x.dtype), grad_ref.to(ref.dtype)
+        grad_partner = grad_partner.index_add(0, partner, -difference)
+    if self_reference:
+        return (grad_x + grad_partner).to(x.dtype), x.new_empty(0, x.shape[1])
+    return grad_x.to(x.dtype), grad_partner.to(ref.dtype)
 
 
-def _register(forward_op) -> None:
-    """Fake kernel and autograd of one registered forward op."""
+def _register(forward_op, backward_op) -> None:
+    """Fake kernels and autograd of the registered forward and backward ops."""
 
     @torch.library.register_fake(forward_op)
     def _(x, labels, ref, ref_labels, self_reference, k, p, squared):
         n = x.shape[0]
-        dist = x.new_empty(n)
-        return dist, x.new_empty(n), labels.new_empty(n), labels.new_empty(n)
+        return x.new_empty(n), x.new_empty(n), labels.new_empty(n), labels.new_empty(n)
+
+    @torch.library.register_fake(backward_op)
+    def _(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared):
+        return torch.empty_like(x), ref.new_empty(0 if self_reference else ref.shape[0], ref.shape[1])
 
     def setup_context(ctx, inputs, output):
-        x, _, ref, _, _, _, _, squared = inputs
+        x, _, ref, _, self_reference, _, _, squared = inputs
         pos_dist, neg_dist, pos_index, neg_index = output
         ctx.mark_non_differentiable(pos_index, neg_index)
         ctx.set_materialize_grads(False)
-        ctx.squared = squared
+        ctx.self_reference, ctx.squared = self_reference, squared
         ctx.save_for_backward(x, ref, pos_dist, neg_dist, pos_index, neg_index)
 
     def backward(ctx, grad_pos, grad_neg, _grad_pos_index, _grad_neg_index):
         if grad_pos is None and grad_neg is None:
             return None, None, None, None, None, None, None, None
         x, ref, pos_dist, neg_dist, pos_index, neg_index = ctx.saved_tensors
-        grad_x, grad_ref = _select_backward(
-            grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.squared
+        grad_pos = torch.zeros_like(pos_dist) if grad_pos is None else grad_pos
+        grad_neg = torch.zeros_like(neg_dist) if grad_neg is None else grad_neg
+        grad_x, grad_ref = backward_op(
+            grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.self_reference, ctx.squared
         )
-        return grad_x, None, grad_ref, None, None, None, None, None
+        # Against itself, ref is x: the partners' terms are already in grad_x.
+        return grad_x, None, None if ctx.self_reference else grad_ref, None, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+    def refuse_double_backward(ctx, *grads):
+        raise RuntimeError("triplet_select: double backward is not supported")
+
+    torch.library.register_autograd(backward_op, refuse_double_backward)
 
 
 _FORWARD_OPS = {}
@@ -374,7 +389,8 @@ def _implemented() -> tuple[str, ...]:
 
 
 if _extension.LOAD_ERROR is None:
-    _register(torch.ops.reidfast.triplet_select_forward.default)
+    _register(torch.ops.reidfast.triplet_select_forward.default, torch.ops.reidfast.triplet_select_backward.default)
+    torch.library.impl("reidfast::triplet_select_backward", "CUDA")(_select_backward_composite)
     _FORWARD_OPS["cpu"] = torch.ops.reidfast.triplet_select_forward.default
     if _extension.has_kernel("triplet_select_forward", "CUDA"):
         _FORWARD_OPS["cuda"] = torch.ops.reidfast.triplet_select_forward.default
