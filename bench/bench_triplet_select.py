@@ -5,7 +5,8 @@ Implementations timed per case:
   reidfast:<backend>   triplet_loss on the fused selection of each backend available for the device
   reference            the specification: the full N x M distance matrix, masked and sorted (eager)
   reference-compiled   the same under torch.compile
-  pml                  pytorch-metric-learning's BatchHardMiner + TripletMarginLoss, when installed
+  pml                  pytorch-metric-learning's BatchHardMiner + TripletMarginLoss computing the
+                       same loss, when installed (`pip install pytorch-metric-learning`)
 Passes: "forward" (no gradient) and "forward+backward". Cases with `bank` select each of the N
 anchors against a memory bank of that many embeddings instead of the batch itself.
 """
@@ -40,10 +41,15 @@ def implementations(device, bank):
 
 def make_loss(impl):
     if impl == "pml":
-        from pytorch_metric_learning import losses, miners
+        # Configured to compute the same loss: Euclidean distances of the raw embeddings (pml
+        # normalises them by default) and the mean over all anchors (pml's default averages the
+        # non-zero terms only).
+        from pytorch_metric_learning import distances, losses, miners, reducers
 
-        miner, loss = miners.BatchHardMiner(), losses.TripletMarginLoss(margin=MARGIN)
-        return lambda x, labels, ref, ref_labels: loss(x, labels, miner(x, labels))
+        distance = distances.LpDistance(normalize_embeddings=False)
+        miner = miners.BatchHardMiner(distance=distance)
+        pml_loss = losses.TripletMarginLoss(margin=MARGIN, distance=distance, reducer=reducers.MeanReducer())
+        return lambda x, labels, ref, ref_labels: pml_loss(x, labels, miner(x, labels))
 
     backend = impl.split(":", 1)[1] if impl.startswith("reidfast:") else "reference"
 
@@ -82,6 +88,9 @@ def test_forward(benchmark, timed, device, n, d, bank, impl):
     benchmark.group = _group("forward", device, n, d, bank)
     x, labels, ref, ref_labels = make_inputs(device, n, d, bank, requires_grad=False)
     loss = make_loss(impl)
+    # Every implementation computes the same loss; a faster wrong one would be no result.
+    expected = triplet_loss(x, labels, margin=MARGIN, ref=ref, ref_labels=ref_labels, backend="reference")
+    torch.testing.assert_close(loss(x, labels, ref, ref_labels), expected, rtol=1e-4, atol=1e-4)
 
     def fn():
         with torch.no_grad():

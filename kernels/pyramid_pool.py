@@ -44,11 +44,11 @@ Block sizes depend on C, H, W and n, so a dynamic C, H or W under torch.compile 
 (guarded); B stays symbolic.
 """
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
+
+from reidfast.kernels._launch import Launch, run_launch
 
 _NUM_WARPS = 4
 # Channels per thread when the channel axis is contiguous. Each holds the running statistics and
@@ -392,17 +392,6 @@ def _tile_config(
     return block_c, block_hw, align, chunks if chunks <= _MAX_STATIC_CHUNKS else 0, even
 
 
-class Launch(NamedTuple):
-    """One kernel launch, described as data: the launchers run it, and a test compiles exactly
-    this configuration ahead of time for GPU architectures the machine does not have."""
-
-    kernel: triton.JITFunction
-    grid: tuple[int, ...]
-    args: dict[str, object]  # runtime arguments by name: tensors and ints
-    constexprs: dict[str, object]  # compile-time arguments by name
-    num_warps: int
-
-
 def _window_constexprs(
     num_parts: int, window_starts: list[int], window_lengths: list[int], mode: str
 ) -> dict[str, object]:
@@ -497,12 +486,6 @@ def backward_launch(
     )
 
 
-def _run(launch: Launch) -> None:
-    torch.library.wrap_triton(launch.kernel)[launch.grid](
-        **launch.args, **launch.constexprs, num_warps=launch.num_warps
-    )
-
-
 def pyramid_pool_forward(
     x: torch.Tensor,
     num_parts: int,
@@ -526,7 +509,7 @@ def pyramid_pool_forward(
         (B, num_windows, C) if store_argmax else (0,), dtype=torch.int32, device=x.device
     )
     if B > 0 and C > 0:
-        _run(forward_launch(x, out, argmax, num_parts, window_starts, window_lengths, mode, store_argmax))
+        run_launch(forward_launch(x, out, argmax, num_parts, window_starts, window_lengths, mode, store_argmax))
     return out, argmax
 
 
@@ -556,5 +539,5 @@ def pyramid_pool_backward(
         memory_format=memory_format,
     )
     if B > 0 and C > 0:
-        _run(backward_launch(grad_out, argmax, grad_x, num_parts, window_starts, window_lengths, mode))
+        run_launch(backward_launch(grad_out, argmax, grad_x, num_parts, window_starts, window_lengths, mode))
     return grad_x

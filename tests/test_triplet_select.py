@@ -8,10 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import reidfast
+from conftest import cpu_backends
 from reidfast.losses import TripletLoss
 from reidfast.ops import pairwise_distance, triplet_loss, triplet_select, triplet_select_reference
 
 FUSED_CPU = [name for name in ("cpu",) if reidfast.available_backends()[name].available]
+# Every fused backend that runs on CPU tensors here: Triton only in its interpreter.
+FUSED = [name for name in cpu_backends() if name != "reference"]
 
 # (N, D, identities): uneven identity counts come from drawing labels at random (with every
 # identity present at least twice where the case allows it).
@@ -89,7 +92,7 @@ def test_reference_matches_loop(shape, k, p, squared):
         assert selection.neg_index[i].item() == neg[1]
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("k, p", RANKS)
 @pytest.mark.parametrize("squared", (False, True))
@@ -108,7 +111,7 @@ def test_fused_matches_reference(backend, shape, k, p, squared):
     torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("k, p", [(1, 1), (3, 4), (50, 50)])
 def test_ties_choose_the_lower_index(backend, k, p):
     generator = torch.Generator().manual_seed(11)
@@ -120,7 +123,7 @@ def test_ties_choose_the_lower_index(backend, k, p):
         assert (got.pos_index[i].item(), got.neg_index[i].item()) == (pos[1], neg[1])
 
 
-@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+@pytest.mark.parametrize("backend", ["reference", *FUSED])
 @pytest.mark.parametrize("k, p", [(1, 1), (2, 5), (1000, 1000)])
 def test_memory_bank(backend, k, p):
     generator = torch.Generator().manual_seed(5)
@@ -140,10 +143,10 @@ def test_memory_bank(backend, k, p):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["reference", *FUSED_CPU])
+@pytest.mark.parametrize("backend", ["reference", *FUSED])
 def test_own_pair_is_the_easiest_positive_with_no_gradient(backend):
     # 4 identities x 3 images: k = 3 (the identity's image count) selects the anchor itself.
-    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(12, 8, requires_grad=True)
     labels = torch.arange(4).repeat_interleave(3)
     selection = triplet_select(x, labels, k=3, backend=backend)
     assert torch.equal(selection.pos_index, torch.arange(12))
@@ -162,7 +165,7 @@ def test_dtypes(backend, dtype, tolerance):
     assert_same_selection(got, triplet_select_reference(x, labels, 2, 2), rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("backend", FUSED_CPU)
+@pytest.mark.parametrize("backend", FUSED)
 def test_nan_ranks_as_the_largest_distance(backend):
     generator = torch.Generator().manual_seed(8)
     x, labels = make_batch(20, 4, 3, generator)
@@ -281,6 +284,58 @@ def test_pairwise_distance():
     own = pairwise_distance(x)
     assert own.shape == (9, 9)
     assert torch.all(own.diagonal() <= 1e-3)  # clamped at 1e-12 before the square root
+
+
+# --------------------------------------------------------------------------------------------- GPU
+
+
+def require_gpu_backend(backend):
+    status = reidfast.available_backends()[backend]
+    if "cuda" not in status.devices:
+        pytest.fail(f"backend {backend!r} is not available on this GPU machine: {status.reason}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+@pytest.mark.parametrize("n, d, identities", [(7, 5, 3), (256, 2048, 64), (1000, 128, 97)])
+@pytest.mark.parametrize("k, p", [(1, 1), (4, 8), (32, 32), (40, 3)])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_gpu_matches_reference(backend, n, d, identities, k, p, dtype, tolerance):
+    require_gpu_backend(backend)
+    generator = torch.Generator().manual_seed(n + k)
+    x, labels = make_batch(n, d, identities, generator, dtype=dtype)
+    x, labels = x.cuda().requires_grad_(True), labels.cuda()
+    got = triplet_select(x, labels, k, p, backend=backend)
+    expected = triplet_select_reference(x, labels, k, p)
+    assert_same_selection(got, expected, rtol=tolerance, atol=tolerance)
+    (grad_got,) = torch.autograd.grad((got.pos_dist - got.neg_dist).float().sum(), x)
+    (grad_expected,) = torch.autograd.grad((expected.pos_dist - expected.neg_dist).float().sum(), x)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=10 * tolerance, atol=10 * tolerance)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+def test_gpu_memory_bank_and_ties(backend):
+    require_gpu_backend(backend)
+    generator = torch.Generator().manual_seed(1)
+    x, labels = make_batch(300, 64, 40, generator, values="ties")
+    ref, ref_labels = make_batch(20000, 64, 40, generator, values="ties")
+    got = triplet_select(x.cuda(), labels.cuda(), 3, 5, ref=ref.cuda(), ref_labels=ref_labels.cuda(), backend=backend)
+    expected = triplet_select_reference(x, labels, 3, 5, ref=ref, ref_labels=ref_labels)
+    assert_same_selection(got._replace(**{f: t.cpu() for f, t in got._asdict().items()}), expected, 0, 0, exact_indices=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+def test_gpu_compile_fullgraph(backend):
+    require_gpu_backend(backend)
+    generator = torch.Generator().manual_seed(4)
+    x, labels = make_batch(64, 128, 16, generator)
+    x, labels = x.cuda().requires_grad_(True), labels.cuda()
+    compiled = torch.compile(lambda x, labels: triplet_loss(x, labels, k=2, p=2, backend=backend), fullgraph=True)
+    got = compiled(x, labels)
+    expected = triplet_loss(x, labels, k=2, p=2, backend="reference")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ errors

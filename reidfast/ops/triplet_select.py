@@ -32,9 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import _extension
-from reidfast.backend import BACKENDS, resolve_backend
+from reidfast.backend import BACKENDS, resolve_backend, triton_installed
 from reidfast.ops._checks import check_int, check_tensor
 
+# The largest k and p of the GPU kernels; beyond, the GPU backends run the reference selection,
+# which materialises the N x M distance matrix. The CPU kernel has no bound.
+MAX_GPU_RANK = 32
 # Smallest squared distance; its square root, 1e-6, is the smallest distance.
 DISTANCE_EPS = 1e-12
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -110,7 +113,8 @@ def triplet_select(
         squared: select on squared distances (and return them).
         ref (Tensor[M, D]), ref_labels (Tensor[M]): select against this set (a memory bank)
             instead of x itself; both or neither, same dtype and device as x and labels.
-        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend).
+        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend). On
+            the GPU backends k and p above MAX_GPU_RANK (32) run the reference selection.
 
     Returns:
         TripletSelection(pos_dist, neg_dist, pos_index, neg_index), each [N]; differentiable with
@@ -133,6 +137,9 @@ def triplet_select(
         return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
     if x.dtype == torch.float64 and name != "cpu":
         raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
+    if name in ("cuda", "triton") and max(k, p) > MAX_GPU_RANK:
+        # The GPU kernels keep the running selections in registers, which bounds k and p.
+        return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
     return TripletSelection(*_FORWARD_OPS[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
 
 
@@ -340,17 +347,13 @@ def _select_backward_composite(
     return grad_x.to(x.dtype), grad_partner.to(ref.dtype)
 
 
-def _register(forward_op, backward_op) -> None:
-    """Fake kernels and autograd of the registered forward and backward ops."""
+def _register_forward(forward_op) -> None:
+    """Fake kernel and autograd of a registered forward op; its gradient is the backward op."""
 
     @torch.library.register_fake(forward_op)
     def _(x, labels, ref, ref_labels, self_reference, k, p, squared):
         n = x.shape[0]
         return x.new_empty(n), x.new_empty(n), labels.new_empty(n), labels.new_empty(n)
-
-    @torch.library.register_fake(backward_op)
-    def _(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared):
-        return torch.empty_like(x), ref.new_empty(0 if self_reference else ref.shape[0], ref.shape[1])
 
     def setup_context(ctx, inputs, output):
         x, _, ref, _, self_reference, _, _, squared = inputs
@@ -366,13 +369,21 @@ def _register(forward_op, backward_op) -> None:
         x, ref, pos_dist, neg_dist, pos_index, neg_index = ctx.saved_tensors
         grad_pos = torch.zeros_like(pos_dist) if grad_pos is None else grad_pos
         grad_neg = torch.zeros_like(neg_dist) if grad_neg is None else grad_neg
-        grad_x, grad_ref = backward_op(
+        grad_x, grad_ref = _BACKWARD_OP(
             grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.self_reference, ctx.squared
         )
         # Against itself, ref is x: the partners' terms are already in grad_x.
         return grad_x, None, None if ctx.self_reference else grad_ref, None, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+def _register_backward(backward_op) -> None:
+    """Fake kernel of the backward op; it has no gradient of its own."""
+
+    @torch.library.register_fake(backward_op)
+    def _(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared):
+        return torch.empty_like(x), ref.new_empty(0 if self_reference else ref.shape[0], ref.shape[1])
 
     def refuse_double_backward(ctx, *grads):
         raise RuntimeError("triplet_select: double backward is not supported")
@@ -389,8 +400,31 @@ def _implemented() -> tuple[str, ...]:
 
 
 if _extension.LOAD_ERROR is None:
-    _register(torch.ops.reidfast.triplet_select_forward.default, torch.ops.reidfast.triplet_select_backward.default)
+    _BACKWARD_OP = torch.ops.reidfast.triplet_select_backward.default
+    _register_backward(_BACKWARD_OP)
+    _register_forward(torch.ops.reidfast.triplet_select_forward.default)
     torch.library.impl("reidfast::triplet_select_backward", "CUDA")(_select_backward_composite)
     _FORWARD_OPS["cpu"] = torch.ops.reidfast.triplet_select_forward.default
     if _extension.has_kernel("triplet_select_forward", "CUDA"):
         _FORWARD_OPS["cuda"] = torch.ops.reidfast.triplet_select_forward.default
+
+if triton_installed() and _extension.LOAD_ERROR is None:
+    # The Triton forward shares the backward op (its CPU kernel serves the interpreter's CPU
+    # tensors, the composite its CUDA tensors).
+    from reidfast.kernels import triplet_select as _triton_kernels
+
+    @torch.library.triton_op("reidfast::triplet_select_forward_triton", mutates_args=())
+    def _triplet_select_forward_triton(
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        ref: torch.Tensor,
+        ref_labels: torch.Tensor,
+        self_reference: bool,
+        k: int,
+        p: int,
+        squared: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _triton_kernels.triplet_select_forward(x, labels, ref, ref_labels, self_reference, k, p, squared)
+
+    _register_forward(_triplet_select_forward_triton._opoverload)
+    _FORWARD_OPS["triton"] = _triplet_select_forward_triton._opoverload
