@@ -35,6 +35,15 @@ TORCH_LIBRARY(reidfast, m) {
       "triplet_select_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor ref, "
       "Tensor pos_dist, Tensor neg_dist, Tensor pos_index, Tensor neg_index, bool self_reference, "
       "bool squared) -> (Tensor, Tensor)");
+
+  // Adaptive-margin pairwise loss, see reidfast/ops/adaptive_margin.py.
+  //   x [N, D], labels [N] int64 (at least one positive and one negative pair), mu, gamma > 0,
+  //   reduction "mean" | "sum" | "balanced" -> loss (0-d), margins [4] = (Mp, Mn, s, d) (float32,
+  //   float64 for float64 x), grad_x = dloss/dx [N, D] in x's dtype when compute_grad, else
+  //   [0, D].
+  m.def(
+      "adaptive_margin_forward(Tensor x, Tensor labels, float mu, float gamma, str reduction, "
+      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifdef REIDFAST_PYTHON_MODULE

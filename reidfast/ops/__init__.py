@@ -1,6 +1,7 @@
 """Functional ops of reidfast: each with argument checks, a plain-PyTorch reference and fused
 backends (see reidfast.backend)."""
 
+from reidfast.ops.adaptive_margin import AdaptiveMargins, adaptive_margin_loss, adaptive_margin_loss_reference
 from reidfast.ops.pyramid_pool import pyramid_pool, pyramid_pool_reference, pyramid_windows
 from reidfast.ops.triplet_select import (
     TripletSelection,
@@ -11,6 +12,9 @@ from reidfast.ops.triplet_select import (
 )
 
 __all__ = [
+    "AdaptiveMargins",
+    "adaptive_margin_loss",
+    "adaptive_margin_loss_reference",
     "TripletSelection",
     "pairwise_distance",
     "pyramid_pool",

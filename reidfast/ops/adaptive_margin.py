@@ -1,0 +1,208 @@
+"""The adaptive-margin pairwise loss (papers/adaptive-margin-ranking.txt, Eq. 5-9).
+
+Over the unordered pairs i < j of a batch x [N, D] with identity labels, with D_ij the squared
+Euclidean distance in the package's convention, max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12):
+
+    s  = mean of D_ij over positive pairs (same label),   d = mean over negative pairs,
+    Mp = (1 / mu) (1 - exp(-mu d))                  (the up-margin of positive pairs, Eq. 5)
+    Mn = (1 / gamma) log(1 + exp(gamma s))          (the down-margin of negative pairs, Eq. 5)
+    L  = sum over positive pairs of max(D_ij - Mp, 0) + sum over negative pairs of max(Mn - D_ij, 0)
+
+s and d, and so the margins, are constants for the gradient (the paper's Eq. 13-14). Reductions:
+"sum" (the paper), "mean" over all N (N - 1) / 2 pairs, "balanced" (mean over the positive pairs'
+terms + mean over the negative pairs' terms). Mn is computed as softplus(gamma s) / gamma and Mp
+with expm1, so neither overflows nor loses precision for large or small arguments.
+
+The fused backends visit the distance matrix in tiles, twice: first the positive and negative
+sums and counts, then the hinge terms; the gradient 2 (diag(W 1) - W) x, with W the symmetric
+matrix of the pairs' hinge slopes, is accumulated in the second pass when x requires a gradient,
+so backward is a scaling. The N x N matrix is never materialised beyond one tile.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from reidfast import _extension
+from reidfast.backend import BACKENDS, resolve_backend
+from reidfast.ops._checks import check_tensor
+from reidfast.ops.triplet_select import _check_float, _check_labels, _distance_matrix
+
+REDUCTIONS = ("mean", "sum", "balanced")
+
+
+class AdaptiveMargins(NamedTuple):
+    """The margins of one batch and the means they come from (0-d float tensors, detached).
+
+    mp: the up-margin Mp of positive pairs; mn: the down-margin Mn of negative pairs;
+    s: the mean squared distance of positive pairs; d: that of negative pairs.
+    """
+
+    mp: torch.Tensor
+    mn: torch.Tensor
+    s: torch.Tensor
+    d: torch.Tensor
+
+
+def adaptive_margin_loss(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mu: float = 8.0,
+    gamma: float = 2.1,
+    reduction: str = "mean",
+    return_margins: bool = False,
+    backend: str | None = None,
+):
+    """The adaptive-margin loss of a batch (see the module docstring for the equations).
+
+    Args:
+        x (Tensor[N, D]): embeddings; float32, float16 or bfloat16 (float64 on the 'reference'
+            and 'cpu' backends).
+        labels (Tensor[N]): identities, any integer dtype and values. The batch needs at least
+            one positive and one negative pair.
+        mu, gamma: the margins' parameters (> 0); the paper's best on PRID2011 are 8 and 2.1.
+        reduction: "mean" over all pairs, "sum" (the paper) or "balanced".
+        return_margins: also return the batch's AdaptiveMargins (mp, mn, s, d), for logging.
+        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend).
+
+    Returns:
+        The loss, a 0-d tensor in x's dtype (computed in float32, float64 for float64 x), and with
+        return_margins=True a tuple (loss, AdaptiveMargins).
+    """
+    _check_args(x, labels, mu, gamma, reduction, return_margins)
+    labels = labels.long()
+    if not torch.compiler.is_compiling():
+        _check_pairs(labels)
+    name = resolve_backend(backend, x.device, "adaptive_margin_loss", _implemented())
+    if name == "reference":
+        loss, margins = _reference_loss(x, labels, float(mu), float(gamma), reduction)
+    else:
+        if x.dtype == torch.float64 and name != "cpu":
+            raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
+        compute_grad = torch.is_grad_enabled() and x.requires_grad
+        loss, margin_values, _ = _FORWARD_OPS[name](x, labels, float(mu), float(gamma), reduction, compute_grad)
+        margins = AdaptiveMargins(*margin_values.unbind())
+    loss = loss.to(x.dtype)
+    return (loss, margins) if return_margins else loss
+
+
+def adaptive_margin_loss_reference(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mu: float = 8.0,
+    gamma: float = 2.1,
+    reduction: str = "mean",
+    return_margins: bool = False,
+):
+    """The specification of `adaptive_margin_loss`, in plain PyTorch: the whole distance matrix.
+
+    Same arguments and result as `adaptive_margin_loss`; differentiable through PyTorch's autograd.
+    """
+    _check_args(x, labels, mu, gamma, reduction, return_margins)
+    labels = labels.long()
+    _check_pairs(labels)
+    loss, margins = _reference_loss(x, labels, float(mu), float(gamma), reduction)
+    loss = loss.to(x.dtype)
+    return (loss, margins) if return_margins else loss
+
+
+def _reference_loss(x, labels, mu, gamma, reduction):
+    n = x.shape[0]
+    distances = _distance_matrix(x, x, squared=True)  # [N, N], clamped squared distances
+    rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)  # the pairs i < j
+    pair = distances[rows, cols]  # [P]
+    positive = labels[rows] == labels[cols]  # [P]
+    pos, neg = pair[positive], pair[~positive]
+    s, d = pos.detach().mean(), neg.detach().mean()
+    mp = -torch.expm1(-mu * d) / mu
+    mn = F.softplus(gamma * s) / gamma
+    pos_terms, neg_terms = F.relu(pos - mp), F.relu(mn - neg)
+    if reduction == "sum":
+        loss = pos_terms.sum() + neg_terms.sum()
+    elif reduction == "mean":
+        loss = (pos_terms.sum() + neg_terms.sum()) / pair.shape[0]
+    else:
+        loss = pos_terms.mean() + neg_terms.mean()
+    return loss, AdaptiveMargins(mp, mn, s, d)
+
+
+def _check_args(x, labels, mu, gamma, reduction, return_margins) -> None:
+    check_tensor("x", x, 2, "[N, D]")
+    _check_float("x", x)
+    _check_labels("labels", labels, x.shape[0], "N", x.device)
+    for name, value in (("mu", mu), ("gamma", gamma)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(return_margins, bool):
+        raise TypeError(f"return_margins must be a bool, got {type(return_margins).__name__} {return_margins!r}")
+
+
+def _check_pairs(labels: torch.Tensor) -> None:
+    """The batch has a positive pair and a negative pair (reads the labels on the host)."""
+    counts = torch.unique(labels, return_counts=True)[1]
+    if not bool((counts > 1).any()):
+        raise ValueError(
+            f"labels: the batch has no positive pair (all {labels.shape[0]} labels differ); the "
+            "adaptive-margin loss needs identities with at least two images: use an identity-"
+            "balanced sampler (A anchors, each with positives and negatives)"
+        )
+    if counts.shape[0] < 2:
+        raise ValueError(
+            f"labels: the batch has no negative pair (every label is {labels[0].item()}); the "
+            "adaptive-margin loss needs at least two identities: use an identity-balanced sampler"
+        )
+
+
+def _register(forward_op) -> None:
+    """Fake kernel and autograd of one registered forward op. The forward returns the gradient of
+    the loss with respect to x (computed with the hinge terms when asked), so backward scales it."""
+
+    @torch.library.register_fake(forward_op)
+    def _(x, labels, mu, gamma, reduction, compute_grad):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        grad_shape = x.shape if compute_grad else (0, x.shape[1])
+        return x.new_empty((), dtype=acc), x.new_empty(4, dtype=acc), x.new_empty(grad_shape)
+
+    def setup_context(ctx, inputs, output):
+        _, _, _, _, _, compute_grad = inputs
+        loss, margins, grad_x = output
+        ctx.mark_non_differentiable(margins, grad_x)
+        ctx.set_materialize_grads(False)
+        ctx.compute_grad = compute_grad
+        ctx.save_for_backward(grad_x)
+
+    def backward(ctx, grad_loss, _grad_margins, _grad_grad_x):
+        if grad_loss is None:
+            return None, None, None, None, None, None
+        if not ctx.compute_grad:
+            raise RuntimeError(
+                "adaptive_margin_loss: the forward ran with compute_grad=False, so it kept no "
+                "gradient; call the op with compute_grad=True when x needs a gradient"
+            )
+        (grad_x,) = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), None, None, None, None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_FORWARD_OPS = {}
+
+
+def _implemented() -> tuple[str, ...]:
+    """Backends with an adaptive_margin kernel in this build."""
+    return ("reference",) + tuple(name for name in BACKENDS if name in _FORWARD_OPS)
+
+
+if _extension.LOAD_ERROR is None:
+    _register(torch.ops.reidfast.adaptive_margin_forward.default)
+    _FORWARD_OPS["cpu"] = torch.ops.reidfast.adaptive_margin_forward.default
+    if _extension.has_kernel("adaptive_margin_forward", "CUDA"):
+        _FORWARD_OPS["cuda"] = torch.ops.reidfast.adaptive_margin_forward.default
+
