@@ -101,12 +101,7 @@ def adaptive_margin_loss_reference(
 
     Same arguments and result as `adaptive_margin_loss`; differentiable through PyTorch's autograd.
     """
-    _check_args(x, labels, mu, gamma, reduction, return_margins)
-    labels = labels.long()
-    _check_pairs(labels)
-    loss, margins = _reference_loss(x, labels, float(mu), float(gamma), reduction)
-    loss = loss.to(x.dtype)
-    return (loss, margins) if return_margins else loss
+    return adaptive_margin_loss(x, labels, mu, gamma, reduction, return_margins, backend="reference")
 
 
 def _reference_loss(x, labels, mu, gamma, reduction):

@@ -156,12 +156,7 @@ def triplet_select_reference(
 
     Same arguments and result as `triplet_select`; differentiable through PyTorch's autograd.
     """
-    self_reference = _check_select_args(x, labels, k, p, ref, ref_labels)
-    if ref is None:
-        ref, ref_labels = x, labels
-    labels, ref_labels = labels.long(), ref_labels.long()
-    _check_label_structure(labels, ref_labels, self_reference)
-    return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
+    return triplet_select(x, labels, k, p, squared, ref, ref_labels, backend="reference")
 
 
 def _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared) -> TripletSelection:
