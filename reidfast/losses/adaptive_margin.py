@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from reidfast.ops._checks import check_float
 from reidfast.ops.adaptive_margin import REDUCTIONS, AdaptiveMargins, adaptive_margin_loss
 
 
@@ -23,11 +24,8 @@ class AdaptiveMarginLoss(nn.Module):
 
     def __init__(self, mu: float = 8.0, gamma: float = 2.1, reduction: str = "mean", backend: str | None = None):
         super().__init__()
-        for name, value in (("mu", mu), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_float("mu", mu, positive=True)
+        check_float("gamma", gamma, positive=True)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.mu, self.gamma, self.reduction, self.backend = float(mu), float(gamma), reduction, backend

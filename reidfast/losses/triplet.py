@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidfast.ops._checks import check_int
+from reidfast.ops._checks import check_float, check_int
 from reidfast.ops.triplet_select import _REDUCTIONS, triplet_loss
 
 
@@ -41,8 +41,7 @@ class TripletLoss(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise TypeError(f"margin must be a float, got {type(margin).__name__} {margin!r}")
+        check_float("margin", margin)
         check_int("k", k, minimum=1)
         check_int("p", p, minimum=1)
         if reduction not in _REDUCTIONS:

@@ -2,6 +2,8 @@
 
 import torch
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
 
 def check_int(name: str, value, minimum: int) -> None:
     """`value` is an int (not a bool) and at least `minimum`."""
@@ -17,3 +19,28 @@ def check_tensor(name: str, value, dims: int, shape_doc: str) -> None:
         raise TypeError(f"{name} must be a Tensor {shape_doc}, got {type(value).__name__}")
     if value.dim() != dims:
         raise ValueError(f"{name} must be {dims}-D {shape_doc}, got shape {tuple(value.shape)}")
+
+
+def check_float(name: str, value, positive: bool = False) -> None:
+    """`value` is a real number (an int or float, not a bool), and > 0 if `positive`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_float_dtype(name: str, value: torch.Tensor) -> None:
+    """`value` is float32, float16, bfloat16 or float64."""
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {value.dtype}")
+
+
+def check_labels(name: str, labels, count: int, count_name: str, device) -> None:
+    """`labels` is an integer Tensor [count] on `device`."""
+    check_tensor(name, labels, 1, f"[{count_name}]")
+    if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.shape[0] != count:
+        raise ValueError(f"{name} must hold {count_name}={count} labels, got {labels.shape[0]}")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on the embeddings' device {device}, got {labels.device}")

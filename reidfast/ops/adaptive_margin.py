@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from reidfast import _extension
 from reidfast.backend import BACKENDS, resolve_backend
-from reidfast.ops._checks import check_tensor
-from reidfast.ops.triplet_select import _check_float, _check_labels, _distance_matrix
+from reidfast.ops._checks import check_float, check_float_dtype, check_labels, check_tensor
+from reidfast.ops.triplet_select import _distance_matrix
 
 REDUCTIONS = ("mean", "sum", "balanced")
 
@@ -126,13 +126,10 @@ def _reference_loss(x, labels, mu, gamma, reduction):
 
 def _check_args(x, labels, mu, gamma, reduction, return_margins) -> None:
     check_tensor("x", x, 2, "[N, D]")
-    _check_float("x", x)
-    _check_labels("labels", labels, x.shape[0], "N", x.device)
-    for name, value in (("mu", mu), ("gamma", gamma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+    check_float_dtype("x", x)
+    check_labels("labels", labels, x.shape[0], "N", x.device)
+    check_float("mu", mu, positive=True)
+    check_float("gamma", gamma, positive=True)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(return_margins, bool):

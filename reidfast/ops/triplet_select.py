@@ -33,14 +33,13 @@ import torch.nn.functional as F
 
 from reidfast import _extension
 from reidfast.backend import BACKENDS, resolve_backend, triton_installed
-from reidfast.ops._checks import check_int, check_tensor
+from reidfast.ops._checks import check_float, check_float_dtype, check_int, check_labels, check_tensor
 
 # The largest k and p of the GPU kernels; beyond, the GPU backends run the reference selection,
 # which materialises the N x M distance matrix. The CPU kernel has no bound.
 MAX_GPU_RANK = 32
 # Smallest squared distance; its square root, 1e-6, is the smallest distance.
 DISTANCE_EPS = 1e-12
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -75,10 +74,10 @@ def pairwise_distance(
         in float32 (float64 for float64 input). Unlike torch.cdist it exports to ONNX.
     """
     check_tensor("x", x, 2, "[N, D]")
-    _check_float("x", x)
+    check_float_dtype("x", x)
     if y is not None:
         check_tensor("y", y, 2, "[M, D]")
-        _check_float("y", y)
+        check_float_dtype("y", y)
         _check_same(x, y, "x", "y")
     resolve_backend(backend, x.device)
     return _distance_matrix(x, x if y is None else y, squared).to(x.dtype)
@@ -218,8 +217,7 @@ def triplet_loss(
     check_tensor("x", x, 2, "[N, D]")
     if x.shape[0] < 2:
         raise ValueError(f"x must hold at least 2 embeddings for a triplet loss, got shape {tuple(x.shape)}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a float, got {type(margin).__name__} {margin!r}")
+    check_float("margin", margin)
     if not isinstance(soft, bool):
         raise TypeError(f"soft must be a bool, got {type(soft).__name__} {soft!r}")
     if reduction not in _REDUCTIONS:
@@ -246,11 +244,6 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_float(name: str, value: torch.Tensor) -> None:
-    if value.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {value.dtype}")
-
-
 def _check_same(a, b, name_a, name_b) -> None:
     if a.dtype != b.dtype:
         raise TypeError(f"{name_b} must have {name_a}'s dtype {a.dtype}, got {b.dtype}")
@@ -262,23 +255,13 @@ def _check_same(a, b, name_a, name_b) -> None:
         )
 
 
-def _check_labels(name: str, labels, count: int, count_name: str, device) -> None:
-    check_tensor(name, labels, 1, f"[{count_name}]")
-    if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
-        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
-    if labels.shape[0] != count:
-        raise ValueError(f"{name} must hold {count_name}={count} labels, got {labels.shape[0]}")
-    if labels.device != device:
-        raise ValueError(f"{name} must be on the embeddings' device {device}, got {labels.device}")
-
-
 def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
     """Validates triplet_select's arguments; returns whether x is selected against itself."""
     check_tensor("x", x, 2, "[N, D]")
-    _check_float("x", x)
+    check_float_dtype("x", x)
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one embedding, got shape {tuple(x.shape)}")
-    _check_labels("labels", labels, x.shape[0], "N", x.device)
+    check_labels("labels", labels, x.shape[0], "N", x.device)
     check_int("k", k, minimum=1)
     check_int("p", p, minimum=1)
     if (ref is None) != (ref_labels is None):
@@ -287,7 +270,7 @@ def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
         return True
     check_tensor("ref", ref, 2, "[M, D]")
     _check_same(x, ref, "x", "ref")
-    _check_labels("ref_labels", ref_labels, ref.shape[0], "M", x.device)
+    check_labels("ref_labels", ref_labels, ref.shape[0], "M", x.device)
     return False
 
 
