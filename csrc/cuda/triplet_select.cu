@@ -1,0 +1,804 @@
+// CUDA kernels of triplet_select: per anchor, the k-th largest positive and the p-th smallest
+// negative distance to a reference set (see reidfast/ops/triplet_select.py), without ever writing
+// the N x M distance matrix to global memory.
+//
+// Distances. d(i, j) = sqrt(max(|x_i|^2 + |r_j|^2 - 2 x_i.r_j, 1e-12)) in float32 (squared: the
+// clamped value; NaN stays NaN). The squared row norms are computed once, by row_norms_kernel,
+// into an [N (+ M)] float32 buffer; the dot products come from tiles computed on chip.
+//
+// Tiling. A block (256 threads, 8 warps) owns kTileRows = 64 anchors and walks a range of
+// reference tiles of kTileCols = 128 rows. Per tile, D is consumed in chunks of 64 bytes per row
+// (16 float32 / 32 half or bfloat16 elements): the 64 x rows and 128 ref rows of a chunk are
+// staged in shared memory (row stride 80 bytes, so 16-byte accesses of 8 consecutive rows hit
+// distinct banks), double-buffered, with the next chunk's 16-byte global loads in flight in
+// registers while the current chunk is multiplied (one __syncthreads per chunk). Products:
+//   - half (sm_75+) and bfloat16 (sm_80+): tensor cores through WMMA 16x16x16 with float32
+//     accumulators, each warp a 32 x 32 block of the 64 x 128 tile. A product of two half or
+//     bfloat16 values is exact in float32, so, as on the float32 path, only the accumulation
+//     rounds.
+//   - float32, and bfloat16 on sm_75: FFMA, each thread 4 anchors x 8 ref rows.
+// The 64 x 128 float32 dot tile is then written to shared memory (aliasing the staging buffers)
+// and turned into distances by the selection.
+//
+// Selection. Warp w keeps the running selections of anchors 8w .. 8w + 7 in registers: per anchor
+// a list of the k best positives and one of the p best negatives, lane i holding the i-th best
+// (distance, index) under ranks_before of triplet_select.h (the rule every backend uses), unused
+// slots holding a sentinel that ranks after every real candidate ((-inf, kNoIndex) for positives,
+// (NaN, kNoIndex) for negatives). A row of the tile is offered 32 candidates at a time: one
+// ballot finds those that beat the list's last entry (most do not once the list is full), and
+// each of them is inserted in a few warp instructions (a ballot gives its slot, __shfl_up_sync
+// shifts the entries after it), whatever k and p are. (RunningSelection of the header, one thread
+// shifting up to 32 entries per insertion, would serialise the lanes of a warp on large k.) The
+// lists take 32 of the 128 registers the selection kernel gets for two resident blocks per SM.
+//
+// Splits. Long reference sets (memory banks) are split across blocks: the grid is (row tiles,
+// splits), block (a, s) scanning the s-th contiguous range of reference tiles (blockIdx.x runs
+// fastest, so the blocks reading the same reference rows run together and share them in L2). With
+// one split the block writes the result; otherwise it writes its k + p list entries to a
+// temporary [splits][N][k + p] (float32 distance, int32 index) and merge_kernel, a warp per
+// anchor, runs the same insertion over the splits' lists. The rule is a strict total order, so the
+// result depends neither on the split count nor on the order of tiles or splits. Splits are
+// chosen to give about four blocks per SM (two resident, two waves): temporary memory is
+// O(N * splits * (k + p)) with splits <= 4 * SMs.
+//
+// Limits: k, p in [1, 32] (a list is one warp); N, M < 2**31 - 1 (reference indices are int32
+// inside the kernels; the sentinel is INT32_MAX); D < 2**31 - 64; x and ref are made contiguous (16-byte loads when every row
+// starts 16-byte aligned, element loads otherwise); int64 offsets throughout. The dot products are
+// summed in another order than the reference's matmul, so distances differ from it by rounding;
+// exact ties (duplicate embeddings, integer-valued data) resolve exactly as the specification
+// says. Shared memory: 36 KiB, static.
+#include "../triplet_select.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+namespace reidfast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kTileRows = 64;                         // anchors per block
+constexpr int kTileCols = 128;                        // reference rows per tile
+constexpr int kRowsPerWarp = kTileRows / kWarps;      // anchors whose selections a warp keeps
+constexpr int kChunkBytes = 64;                       // bytes of D per staged row and chunk
+constexpr int kStageRowBytes = 80;                    // staged row stride: 16 * odd
+constexpr int kStageRows = kTileRows + kTileCols;     // x rows first, then ref rows
+constexpr int kStageBytes = kStageRows * kStageRowBytes;
+constexpr int kDotStride = kTileCols + 4;             // floats between two rows of the dot tile
+constexpr int kDotBytes = kTileRows * kDotStride * 4;
+constexpr int kUnionBytes = 2 * kStageBytes > kDotBytes ? 2 * kStageBytes : kDotBytes;
+constexpr int kSharedBytes = kUnionBytes + (kTileRows + kTileCols) * (4 + 8);
+constexpr int kMaxRank = 32;
+constexpr int32_t kNoIndex = std::numeric_limits<int32_t>::max();
+constexpr float kDistanceEps = 1e-12f;
+
+static_assert(kThreads == kTileRows * (kChunkBytes / 16), "one x pack per thread and chunk");
+static_assert(kTileCols == 2 * kTileRows, "two ref packs per thread and chunk");
+static_assert(kUnionBytes % 128 == 0, "the norm and label arrays follow 128-byte aligned");
+
+// Everything the selection kernel needs besides pointers, passed by value.
+struct SelectParams {
+  int64_t n;  // anchors
+  int64_t m;  // reference rows
+  int64_t d;  // embedding size
+  int32_t k;  // rank of the positive, largest first
+  int32_t p;  // rank of the negative, smallest first
+  int32_t col_tiles;        // ceil(m / kTileCols)
+  int32_t tiles_per_split;  // reference tiles per blockIdx.y
+  bool self_reference;
+  bool squared;
+  bool vec_ok;        // every row of x and ref starts 16-byte aligned (16-byte loads)
+  bool final_output;  // one split: write the result instead of partial lists
+};
+
+// Reference tiles per split and the split count (gridDim.y).
+struct SplitPlan {
+  int32_t tiles_per_split;
+  int32_t splits;
+};
+
+// About four blocks per SM in all: two resident (36 KiB of shared memory each), two waves.
+SplitPlan plan_splits(int64_t row_tiles, int64_t col_tiles, int sm_count) {
+  const int64_t target = 4 * static_cast<int64_t>(std::max(sm_count, 1));
+  const int64_t wanted = std::min(std::max((target + row_tiles - 1) / row_tiles, int64_t{1}),
+                                  col_tiles);
+  const int64_t per_split = (col_tiles + wanted - 1) / wanted;
+  return {static_cast<int32_t>(per_split),
+          static_cast<int32_t>((col_tiles + per_split - 1) / per_split)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types (float, __half, __nv_bfloat16). Data moves as raw 16-byte packs (uint4), which
+// keeps two 2-byte elements per register; elements become float32 only where they are multiplied.
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+template <typename T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte pack
+template <typename T>
+constexpr int kChunk = kChunkBytes / static_cast<int>(sizeof(T));  // D elements per chunk
+template <typename T>
+constexpr int kStageStride = kStageRowBytes / static_cast<int>(sizeof(T));
+template <typename T>
+constexpr int kStageElems = kStageRows * kStageStride<T>;
+
+// The kVec<T> elements of a pack as float32, in memory order.
+__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[4]) {
+  out[0] = __uint_as_float(raw.x);
+  out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z);
+  out[3] = __uint_as_float(raw.w);
+}
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    if constexpr (std::is_same_v<T, __half>) {
+      out[2 * q] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[q] & 0xffffu)));
+      out[2 * q + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[q] >> 16)));
+    } else {  // bfloat16: the upper half of a float32
+      out[2 * q] = __uint_as_float(words[q] << 16);
+      out[2 * q + 1] = __uint_as_float(words[q] & 0xffff0000u);
+    }
+  }
+}
+template <typename T>
+__device__ __forceinline__ void unpack_as(const uint4& raw, float (&out)[kVec<T>]) {
+  if constexpr (std::is_same_v<T, float>) {
+    unpack(raw, out);
+  } else {
+    unpack<T>(raw, out);
+  }
+}
+
+// Whether the products of T run on tensor cores in this compilation pass.
+template <typename T>
+__host__ __device__ constexpr bool use_tensor_cores() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return !std::is_same_v<T, float>;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  return std::is_same_v<T, __half>;
+#else
+  return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staging of one D chunk: stage rows [0, 64) are the block's anchors, [64, 192) the tile's
+// reference rows. Thread t loads bytes [16 (t % 4), 16 (t % 4) + 16) of the chunk of x row t / 4
+// and of ref rows t / 4 and 64 + t / 4 (4 consecutive threads read 64 contiguous bytes of a row).
+// Rows past the end and elements past D are zeros, which add nothing to the dot products.
+
+// Elements [e0, e0 + kVec) of a row (nullptr: past the last row).
+template <typename T>
+__device__ __forceinline__ uint4 load_pack(const T* row, int e0, int d, bool vec_ok) {
+  if (row == nullptr) return make_uint4(0u, 0u, 0u, 0u);
+  if (vec_ok && e0 + kVec<T> <= d) return __ldg(reinterpret_cast<const uint4*>(row + e0));
+  uint32_t words[4] = {0u, 0u, 0u, 0u};
+  constexpr int kSize = static_cast<int>(sizeof(T));
+#pragma unroll
+  for (int e = 0; e < kVec<T>; ++e) {
+    if (e0 + e < d) words[e * kSize / 4] |= bits_of(row[e0 + e]) << (8 * (e * kSize % 4));
+  }
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+template <typename T>
+struct ChunkLoader {
+  const T* rows[3];  // this thread's x row and two ref rows (nullptr past the end)
+  uint4 packs[3];
+
+  __device__ __forceinline__ void begin_tile(const T* x, const T* ref, int64_t row0,
+                                             int64_t col0, const SelectParams& sp) {
+    const int r = threadIdx.x >> 2;
+    rows[0] = row0 + r < sp.n ? x + (row0 + r) * sp.d : nullptr;
+    rows[1] = col0 + r < sp.m ? ref + (col0 + r) * sp.d : nullptr;
+    rows[2] = col0 + kTileRows + r < sp.m ? ref + (col0 + kTileRows + r) * sp.d : nullptr;
+  }
+
+  __device__ __forceinline__ void load(int k0, int d, bool vec_ok) {
+    const int e0 = k0 + (threadIdx.x & 3) * kVec<T>;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) packs[i] = load_pack(rows[i], e0, d, vec_ok);
+  }
+
+  __device__ __forceinline__ void store(T* stage) const {
+    unsigned char* dst = reinterpret_cast<unsigned char*>(stage) +
+                         (threadIdx.x >> 2) * kStageRowBytes + (threadIdx.x & 3) * 16;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+      *reinterpret_cast<uint4*>(dst + i * kTileRows * kStageRowBytes) = packs[i];
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Dot products of a 64 x 128 tile, accumulated over the staged chunks, then stored to the dot
+// tile dot[anchor * kDotStride + ref].
+
+// FFMA: thread (ty, tx) = (t / 16, t % 16) owns anchors 4 ty .. 4 ty + 3 and ref rows tx + 16 j,
+// j < 8. Its ref rows are 16 apart, so the 16-byte loads of 8 consecutive tx hit distinct banks;
+// the two anchor rows a warp reads are broadcasts.
+template <typename T>
+struct FmaTile {
+  float acc[4][8];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+    }
+  }
+
+  __device__ __forceinline__ void accumulate(const T* stage) {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const unsigned char* xs =
+        reinterpret_cast<const unsigned char*>(stage) + ty * 4 * kStageRowBytes;
+    const unsigned char* rs =
+        reinterpret_cast<const unsigned char*>(stage) + (kTileRows + tx) * kStageRowBytes;
+#pragma unroll
+    for (int g = 0; g < kChunkBytes; g += 16) {
+      float a[4][kVec<T>];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        unpack_as<T>(*reinterpret_cast<const uint4*>(xs + i * kStageRowBytes + g), a[i]);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float b[kVec<T>];
+        unpack_as<T>(*reinterpret_cast<const uint4*>(rs + 16 * j * kStageRowBytes + g), b);
+#pragma unroll
+        for (int e = 0; e < kVec<T>; ++e) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[i][j] = fmaf(a[i][e], b[e], acc[i][j]);
+        }
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(float* dot) const {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dot[(ty * 4 + i) * kDotStride + tx + 16 * j] = acc[i][j];
+    }
+  }
+};
+
+// WMMA: warp w owns anchors 32 (w / 4) .. + 31 and ref rows 32 (w % 4) .. + 31 as 2 x 2
+// fragments. A = the staged x rows (row major), B = the staged ref rows read as a column-major
+// K x 128 matrix: B(k, n) = ref row n, element k. Fragment pointers are 32-byte aligned (rows
+// 16 * 80 bytes apart, k steps of 32 bytes) and the leading dimension is 40 elements.
+template <typename T>
+struct WmmaTile {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[2][2];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.f);
+    }
+  }
+
+  __device__ __forceinline__ void accumulate(const T* stage) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = threadIdx.x >> 5;
+    const T* xs = stage + (warp >> 2) * 32 * kStageStride<T>;
+    const T* rs = stage + (kTileRows + (warp & 3) * 32) * kStageStride<T>;
+#pragma unroll
+    for (int ks = 0; ks < kChunk<T>; ks += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(a[i], xs + i * 16 * kStageStride<T> + ks, kStageStride<T>);
+        wmma::load_matrix_sync(b[i], rs + i * 16 * kStageStride<T> + ks, kStageStride<T>);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(float* dot) const {
+    const int warp = threadIdx.x >> 5;
+    float* base = dot + (warp >> 2) * 32 * kDotStride + (warp & 3) * 32;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        nvcuda::wmma::store_matrix_sync(base + i * 16 * kDotStride + j * 16, acc[i][j],
+                                        kDotStride, nvcuda::wmma::mem_row_major);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Warp-wide selections: lane i holds the i-th best entry of a list of `cap` <= 32 entries; lanes
+// >= cap hold the sentinel. Every function is called by all 32 lanes with warp-uniform arguments
+// (except the per-lane candidate).
+
+template <bool kLargest>
+__device__ __forceinline__ bool before(float a, int32_t ia, float b, int32_t ib) {
+  return ranks_before<kLargest>(a, static_cast<int64_t>(ia), b, static_cast<int64_t>(ib));
+}
+
+// The entry of an empty slot: ranks after every candidate (NaN ranks last among distances, and
+// kNoIndex after every index).
+template <bool kLargest>
+__device__ __forceinline__ float sentinel_dist() {
+  return kLargest ? -std::numeric_limits<float>::infinity()
+                  : std::numeric_limits<float>::quiet_NaN();
+}
+
+// Offers each lane's candidate (d, j) where `member`. (thr_d, thr_i) is entry cap - 1, the one a
+// candidate must beat; it is kept up to date here.
+template <bool kLargest>
+__device__ __forceinline__ void warp_offer(float& mine_d, int32_t& mine_i, float& thr_d,
+                                           int32_t& thr_i, int cap, float d, int32_t j,
+                                           bool member, int lane) {
+  unsigned pending = __ballot_sync(kFullMask, member && before<kLargest>(d, j, thr_d, thr_i));
+  while (pending != 0) {
+    const int src = __ffs(static_cast<int>(pending)) - 1;
+    pending &= pending - 1;
+    const float cd = __shfl_sync(kFullMask, d, src);
+    const int32_t cj = __shfl_sync(kFullMask, j, src);
+    if (!before<kLargest>(cd, cj, thr_d, thr_i)) continue;  // an earlier insertion raised the bar
+    // The entries that rank before the candidate are a prefix of the list: it goes after them.
+    const int slot = __popc(
+        __ballot_sync(kFullMask, lane < cap && before<kLargest>(mine_d, mine_i, cd, cj)));
+    const float up_d = __shfl_up_sync(kFullMask, mine_d, 1);
+    const int32_t up_i = __shfl_up_sync(kFullMask, mine_i, 1);
+    if (lane == slot) {
+      mine_d = cd;
+      mine_i = cj;
+    } else if (lane > slot && lane < cap) {
+      mine_d = up_d;
+      mine_i = up_i;
+    }
+    thr_d = __shfl_sync(kFullMask, mine_d, cap - 1);
+    thr_i = __shfl_sync(kFullMask, mine_i, cap - 1);
+  }
+}
+
+// Writes the list's min(cap, entries)-th entry, or (-inf / +inf, -1) when it is empty.
+template <bool kLargest, typename T>
+__device__ __forceinline__ void write_selected(float mine_d, int32_t mine_i, int cap, int lane,
+                                               T* out_dist, int64_t* out_index) {
+  const unsigned filled = __ballot_sync(kFullMask, lane < cap && mine_i != kNoIndex);
+  if (filled == 0) {
+    if (lane == 0) {
+      *out_dist = from_float<T>(kLargest ? -std::numeric_limits<float>::infinity()
+                                         : std::numeric_limits<float>::infinity());
+      *out_index = -1;
+    }
+    return;
+  }
+  if (lane == 31 - __clz(static_cast<int>(filled))) {
+    *out_dist = from_float<T>(mine_d);
+    *out_index = mine_i;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+
+// out[row] = sum of squares of x's row in float32. A warp per row; grid: ceil(rows / 8) blocks.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    row_norms_kernel(const T* __restrict__ x, int64_t rows, int64_t d, bool vec_ok,
+                     float* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const T* src = x + row * d;
+  float sum = 0.f;
+  if (vec_ok) {  // d is a multiple of the pack
+    for (int64_t e = static_cast<int64_t>(lane) * kVec<T>; e < d; e += 32 * kVec<T>) {
+      float f[kVec<T>];
+      unpack_as<T>(__ldg(reinterpret_cast<const uint4*>(src + e)), f);
+#pragma unroll
+      for (int v = 0; v < kVec<T>; ++v) sum = fmaf(f[v], f[v], sum);
+    }
+  } else {
+    for (int64_t e = lane; e < d; e += 32) {
+      const float f = to_float(src[e]);
+      sum = fmaf(f, f, sum);
+    }
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  if (lane == 0) out[row] = sum;
+}
+
+// Block (blockIdx.x, blockIdx.y): anchors [64 blockIdx.x, + 64) against reference tiles
+// [blockIdx.y * tiles_per_split, + tiles_per_split). x_norm [n], ref_norm [m]: squared norms.
+// Writes the result (sp.final_output) or the lists to part_* [splits][n][k + p].
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2)
+    select_kernel(const T* __restrict__ x, const T* __restrict__ ref,
+                  const float* __restrict__ x_norm, const float* __restrict__ ref_norm,
+                  const int64_t* __restrict__ labels, const int64_t* __restrict__ ref_labels,
+                  const SelectParams sp, float* __restrict__ part_dist,
+                  int32_t* __restrict__ part_index, T* __restrict__ pos_dist,
+                  T* __restrict__ neg_dist, int64_t* __restrict__ pos_index,
+                  int64_t* __restrict__ neg_index) {
+  using Tile = std::conditional_t<use_tensor_cores<T>(), WmmaTile<T>, FmaTile<T>>;
+  __shared__ __align__(128) unsigned char shared[kSharedBytes];
+  T* stages = reinterpret_cast<T*>(shared);
+  float* dot = reinterpret_cast<float*>(shared);  // aliases the stages once a tile is multiplied
+  float* x_norm_s = reinterpret_cast<float*>(shared + kUnionBytes);
+  float* ref_norm_s = x_norm_s + kTileRows;
+  int64_t* x_label_s = reinterpret_cast<int64_t*>(ref_norm_s + kTileCols);
+  int64_t* ref_label_s = x_label_s + kTileRows;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  const int tile_begin = static_cast<int>(blockIdx.y) * sp.tiles_per_split;
+  const int tile_end = min(tile_begin + sp.tiles_per_split, sp.col_tiles);
+  const int d = static_cast<int>(sp.d);
+  const int chunks = d > 0 ? (d + kChunk<T> - 1) / kChunk<T> : 1;
+  const int32_t m_32 = static_cast<int32_t>(sp.m);
+
+  if (tid < kTileRows) {
+    const int64_t a = row0 + tid;
+    x_norm_s[tid] = a < sp.n ? x_norm[a] : 0.f;
+    x_label_s[tid] = a < sp.n ? labels[a] : 0;
+  }
+
+  float pos_d[kRowsPerWarp], neg_d[kRowsPerWarp];
+  int32_t pos_i[kRowsPerWarp], neg_i[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    pos_d[r] = sentinel_dist<true>();
+    neg_d[r] = sentinel_dist<false>();
+    pos_i[r] = kNoIndex;
+    neg_i[r] = kNoIndex;
+  }
+
+  ChunkLoader<T> loader;
+  loader.begin_tile(x, ref, row0, static_cast<int64_t>(tile_begin) * kTileCols, sp);
+  loader.load(0, d, sp.vec_ok);
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int64_t col0 = static_cast<int64_t>(tile) * kTileCols;
+    const int32_t col0_32 = tile * kTileCols;
+    if (tid < kTileCols) {  // the previous tile's selection is done with these
+      const int64_t c = col0 + tid;
+      ref_norm_s[tid] = c < sp.m ? ref_norm[c] : 0.f;
+      ref_label_s[tid] = c < sp.m ? ref_labels[c] : 0;
+    }
+    Tile product;
+    product.zero();
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      T* stage = stages + (chunk & 1) * kStageElems<T>;
+      loader.store(stage);
+      __syncthreads();
+      if (chunk + 1 < chunks) {
+        loader.load((chunk + 1) * kChunk<T>, d, sp.vec_ok);
+      } else if (tile + 1 < tile_end) {
+        loader.begin_tile(x, ref, row0, col0 + kTileCols, sp);
+        loader.load(0, d, sp.vec_ok);
+      }
+      product.accumulate(stage);
+    }
+    __syncthreads();  // every warp is done with the stages, which the dot tile overwrites
+    product.store(dot);
+    __syncthreads();
+
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int lr = warp * kRowsPerWarp + r;
+      const int64_t a = row0 + lr;
+      if (a >= sp.n) continue;  // warp-uniform
+      const float xn = x_norm_s[lr];
+      const int64_t label = x_label_s[lr];
+      float pos_thr_d = __shfl_sync(kFullMask, pos_d[r], sp.k - 1);
+      int32_t pos_thr_i = __shfl_sync(kFullMask, pos_i[r], sp.k - 1);
+      float neg_thr_d = __shfl_sync(kFullMask, neg_d[r], sp.p - 1);
+      int32_t neg_thr_i = __shfl_sync(kFullMask, neg_i[r], sp.p - 1);
+#pragma unroll 1
+      for (int q = 0; q < kTileCols / 32; ++q) {
+        const int lc = q * 32 + lane;
+        const int32_t j = col0_32 + lc;  // N, M < 2**31
+        const bool valid = j < m_32;
+        float s = (xn + ref_norm_s[lc]) - 2.f * dot[lr * kDotStride + lc];
+        s = s < kDistanceEps ? kDistanceEps : s;  // NaN stays NaN, as in torch.clamp
+        float dist = sp.squared ? s : sqrtf(s);
+        if (sp.self_reference && j == static_cast<int32_t>(a)) dist = 0.f;  // the anchor, exactly
+        const bool same = ref_label_s[lc] == label;
+        warp_offer<true>(pos_d[r], pos_i[r], pos_thr_d, pos_thr_i, sp.k, dist, j, valid && same,
+                         lane);
+        warp_offer<false>(neg_d[r], neg_i[r], neg_thr_d, neg_thr_i, sp.p, dist, j,
+                          valid && !same, lane);
+      }
+    }
+    __syncthreads();  // the next tile overwrites the stages, ref norms and labels
+  }
+
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t a = row0 + warp * kRowsPerWarp + r;
+    if (a >= sp.n) continue;
+    if (sp.final_output) {
+      write_selected<true>(pos_d[r], pos_i[r], sp.k, lane, pos_dist + a, pos_index + a);
+      write_selected<false>(neg_d[r], neg_i[r], sp.p, lane, neg_dist + a, neg_index + a);
+    } else {
+      const int64_t base = (static_cast<int64_t>(blockIdx.y) * sp.n + a) * (sp.k + sp.p);
+      if (lane < sp.k) {
+        part_dist[base + lane] = pos_d[r];
+        part_index[base + lane] = pos_i[r];
+      }
+      if (lane < sp.p) {
+        part_dist[base + sp.k + lane] = neg_d[r];
+        part_index[base + sp.k + lane] = neg_i[r];
+      }
+    }
+  }
+}
+
+// Merges the splits' lists: a warp per anchor offers each split's k (p) entries to its running
+// selection. grid: ceil(n / 8) blocks.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    merge_kernel(const float* __restrict__ part_dist, const int32_t* __restrict__ part_index,
+                 int64_t n, int splits, int k, int p, T* __restrict__ pos_dist,
+                 T* __restrict__ neg_dist, int64_t* __restrict__ pos_index,
+                 int64_t* __restrict__ neg_index) {
+  const int lane = threadIdx.x & 31;
+  const int64_t a = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (a >= n) return;  // the whole warp
+  float pos_d = sentinel_dist<true>(), neg_d = sentinel_dist<false>();
+  int32_t pos_i = kNoIndex, neg_i = kNoIndex;
+  float pos_thr_d = pos_d, neg_thr_d = neg_d;
+  int32_t pos_thr_i = kNoIndex, neg_thr_i = kNoIndex;
+#pragma unroll 4
+  for (int s = 0; s < splits; ++s) {
+    const int64_t base = (static_cast<int64_t>(s) * n + a) * (k + p);
+    float d = 0.f;
+    int32_t j = kNoIndex;
+    if (lane < k) {
+      d = part_dist[base + lane];
+      j = part_index[base + lane];
+    }
+    warp_offer<true>(pos_d, pos_i, pos_thr_d, pos_thr_i, k, d, j, j != kNoIndex, lane);
+    d = 0.f;
+    j = kNoIndex;
+    if (lane < p) {
+      d = part_dist[base + k + lane];
+      j = part_index[base + k + lane];
+    }
+    warp_offer<false>(neg_d, neg_i, neg_thr_d, neg_thr_i, p, d, j, j != kNoIndex, lane);
+  }
+  write_selected<true>(pos_d, pos_i, k, lane, pos_dist + a, pos_index + a);
+  write_selected<false>(neg_d, neg_i, p, lane, neg_dist + a, neg_index + a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+template <typename S>
+struct DeviceType {
+  using type = S;
+};
+template <>
+struct DeviceType<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+#define REIDFAST_DISPATCH_GPU_FLOATS(TYPE, NAME, ...)                  \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)      \
+                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+bool rows_aligned(const at::Tensor& t) {
+  const int64_t row_bytes = t.size(1) * static_cast<int64_t>(t.element_size());
+  return row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
+                  const at::Tensor& ref_labels, bool self_reference, int64_t k, int64_t p) {
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK_TYPE(dtype != at::kDouble,
+                   "triplet_select (CUDA): x is float64, which only the CPU backend supports; use "
+                   "float32, float16 or bfloat16 on the GPU");
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "triplet_select (CUDA): x must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() == 2, "triplet_select (CUDA): x must be [N, D], got shape ", x.sizes());
+  TORCH_CHECK(ref.dim() == 2, "triplet_select (CUDA): ref must be [M, D], got shape ",
+              ref.sizes());
+  TORCH_CHECK_TYPE(ref.scalar_type() == dtype, "triplet_select (CUDA): ref must have x's dtype ",
+                   dtype, ", got ", ref.scalar_type());
+  TORCH_CHECK(ref.size(1) == x.size(1), "triplet_select (CUDA): ref must have x's D = ",
+              x.size(1), ", got shape ", ref.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0),
+              "triplet_select (CUDA): labels must be [N] with N = ", x.size(0), ", got shape ",
+              labels.sizes());
+  TORCH_CHECK(ref_labels.dim() == 1 && ref_labels.size(0) == ref.size(0),
+              "triplet_select (CUDA): ref_labels must be [M] with M = ", ref.size(0),
+              ", got shape ", ref_labels.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong && ref_labels.scalar_type() == at::kLong,
+                   "triplet_select (CUDA): labels and ref_labels must be int64, got ",
+                   labels.scalar_type(), " and ", ref_labels.scalar_type());
+  for (const at::Tensor* t : {&labels, &ref, &ref_labels}) {
+    TORCH_CHECK(t->device() == x.device(), "triplet_select (CUDA): every input must be on x's ",
+                "device ", x.device(), ", got one on ", t->device());
+  }
+  TORCH_CHECK_VALUE(k >= 1 && k <= kMaxRank, "triplet_select (CUDA): k must be in [1, ",
+                    kMaxRank, "], got ", k, "; larger ranks run on another backend");
+  TORCH_CHECK_VALUE(p >= 1 && p <= kMaxRank, "triplet_select (CUDA): p must be in [1, ",
+                    kMaxRank, "], got ", p, "; larger ranks run on another backend");
+  TORCH_CHECK(!self_reference || ref.size(0) == x.size(0),
+              "triplet_select (CUDA): self_reference needs ref to be x, got N = ", x.size(0),
+              " and M = ", ref.size(0));
+  TORCH_CHECK(x.size(1) <= std::numeric_limits<int32_t>::max() - kChunkBytes,
+              "triplet_select (CUDA): D = ", x.size(1), " is too large");
+  TORCH_CHECK(x.size(0) < std::numeric_limits<int32_t>::max(),
+              "triplet_select (CUDA): N = ", x.size(0), " anchors is too many (at most ",
+              std::numeric_limits<int32_t>::max() - 1, ")");
+  TORCH_CHECK(ref.size(0) < std::numeric_limits<int32_t>::max(),
+              "triplet_select (CUDA): M = ", ref.size(0), " reference rows is too many (at most ",
+              std::numeric_limits<int32_t>::max() - 1, ")");
+}
+
+int sm_count(c10::DeviceIndex device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forward_cuda(
+    const at::Tensor& x_in, const at::Tensor& labels_in, const at::Tensor& ref_in,
+    const at::Tensor& ref_labels_in, bool self_reference, int64_t k, int64_t p, bool squared) {
+  TORCH_INTERNAL_ASSERT(x_in.is_cuda());
+  check_inputs(x_in, labels_in, ref_in, ref_labels_in, self_reference, k, p);
+  const int64_t n = x_in.size(0), m = ref_in.size(0), d = x_in.size(1);
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto index_options = labels_in.options();
+  if (n == 0 || m == 0) {  // no anchor, or no positive and no negative for any
+    const double inf = std::numeric_limits<double>::infinity();
+    return {at::full({n}, -inf, x_in.options()), at::full({n}, inf, x_in.options()),
+            at::full({n}, -1, index_options), at::full({n}, -1, index_options)};
+  }
+  at::Tensor pos_dist = at::empty({n}, x_in.options());
+  at::Tensor neg_dist = at::empty({n}, x_in.options());
+  at::Tensor pos_index = at::empty({n}, index_options);
+  at::Tensor neg_index = at::empty({n}, index_options);
+
+  // ref is x itself (the Python layer passes the same tensor) for self-reference: one copy and
+  // one set of norms.
+  const bool ref_is_x = ref_in.is_same(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor ref = ref_is_x ? x : ref_in.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  const at::Tensor ref_labels =
+      ref_labels_in.is_same(labels_in) ? labels : ref_labels_in.contiguous();
+  const bool x_aligned = rows_aligned(x), ref_aligned = rows_aligned(ref);
+
+  at::Tensor norms = at::empty({ref_is_x ? n : n + m}, x.options().dtype(at::kFloat));
+  const float* x_norm = norms.const_data_ptr<float>();
+  const float* ref_norm = ref_is_x ? x_norm : x_norm + n;
+
+  const int64_t row_tiles = (n + kTileRows - 1) / kTileRows;
+  const int64_t col_tiles = (m + kTileCols - 1) / kTileCols;
+  const SplitPlan plan = plan_splits(row_tiles, col_tiles, sm_count(x.get_device()));
+
+  SelectParams sp{};
+  sp.n = n;
+  sp.m = m;
+  sp.d = d;
+  sp.k = static_cast<int32_t>(k);
+  sp.p = static_cast<int32_t>(p);
+  sp.col_tiles = static_cast<int32_t>(col_tiles);
+  sp.tiles_per_split = plan.tiles_per_split;
+  sp.self_reference = self_reference;
+  sp.squared = squared;
+  sp.vec_ok = x_aligned && ref_aligned;
+  sp.final_output = plan.splits == 1;
+
+  at::Tensor part_dist, part_index;
+  if (!sp.final_output) {
+    const int64_t entries = static_cast<int64_t>(plan.splits) * n * (k + p);
+    part_dist = at::empty({entries}, x.options().dtype(at::kFloat));
+    part_index = at::empty({entries}, x.options().dtype(at::kInt));
+  }
+
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  REIDFAST_DISPATCH_GPU_FLOATS(x.scalar_type(), "triplet_select_forward_cuda", [&] {
+    using T = typename DeviceType<scalar_t>::type;
+    const T* x_ptr = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
+    const T* ref_ptr = reinterpret_cast<const T*>(ref.const_data_ptr<scalar_t>());
+    float* norm_ptr = norms.mutable_data_ptr<float>();
+
+    row_norms_kernel<T><<<static_cast<unsigned>((n + kWarps - 1) / kWarps), kThreads, 0,
+                          stream>>>(x_ptr, n, d, x_aligned, norm_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!ref_is_x) {
+      row_norms_kernel<T><<<static_cast<unsigned>((m + kWarps - 1) / kWarps), kThreads, 0,
+                            stream>>>(ref_ptr, m, d, ref_aligned, norm_ptr + n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    T* pos_dist_ptr = reinterpret_cast<T*>(pos_dist.mutable_data_ptr<scalar_t>());
+    T* neg_dist_ptr = reinterpret_cast<T*>(neg_dist.mutable_data_ptr<scalar_t>());
+    int64_t* pos_index_ptr = pos_index.mutable_data_ptr<int64_t>();
+    int64_t* neg_index_ptr = neg_index.mutable_data_ptr<int64_t>();
+    float* part_dist_ptr = sp.final_output ? nullptr : part_dist.mutable_data_ptr<float>();
+    int32_t* part_index_ptr = sp.final_output ? nullptr : part_index.mutable_data_ptr<int32_t>();
+
+    const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(plan.splits));
+    select_kernel<T><<<grid, kThreads, 0, stream>>>(
+        x_ptr, ref_ptr, x_norm, ref_norm, labels.const_data_ptr<int64_t>(),
+        ref_labels.const_data_ptr<int64_t>(), sp, part_dist_ptr, part_index_ptr, pos_dist_ptr,
+        neg_dist_ptr, pos_index_ptr, neg_index_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    if (!sp.final_output) {
+      merge_kernel<T><<<static_cast<unsigned>((n + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
+          part_dist_ptr, part_index_ptr, n, plan.splits, sp.k, sp.p, pos_dist_ptr, neg_dist_ptr,
+          pos_index_ptr, neg_index_ptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {pos_dist, neg_dist, pos_index, neg_index};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(reidfast, CUDA, m) {
+  m.impl("triplet_select_forward", &triplet_select_forward_cuda);
+}
+
+}  // namespace reidfast
