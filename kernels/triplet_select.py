@@ -23,13 +23,14 @@ key's bits, so it is exactly the float32 value that was ranked.
 
 Design. Program (row block, split) owns BLOCK_N anchors and a contiguous range of column tiles.
 
-* Distances: per column tile, acc[BLOCK_N, BLOCK_M] = x_blk @ ref_tile^T by tl.dot over BLOCK_D
-  chunks of D (float32: input_precision="ieee", so the products match a float32 matmul; float16
-  and bfloat16: tensor cores, float32 accumulation). The anchors' squared norms are summed once
-  in a prologue pass over D, the tile's reference norms in the same loop as the dot, both in
-  float32 from the loaded values. Then s = (|x|^2 + |r|^2) - 2 acc (2 acc is exact, so a fused
-  multiply-add gives the same value), clamped with NaN propagating, square-rooted with sqrt_rn
-  (correctly rounded, as torch's). The distance tile lives in registers only.
+* Distances (kernels/_distance.py): per column tile, acc[BLOCK_N, BLOCK_M] = x_blk @ ref_tile^T
+  by tl.dot over BLOCK_D chunks of D (float32: input_precision="ieee", so the products match a
+  float32 matmul; float16 and bfloat16: tensor cores, float32 accumulation). The anchors' squared
+  norms are summed once in a prologue pass over D, the tile's reference norms in the same loop as
+  the dot, both in float32 from the loaded values. Then s = (|x|^2 + |r|^2) - 2 acc (2 acc is
+  exact, so a fused multiply-add gives the same value), clamped with NaN propagating,
+  square-rooted with sqrt_rn (correctly rounded, as torch's). The distance tile lives in
+  registers only.
 * Selection: each anchor row keeps its k best positive keys and p best negative keys in
   registers, as [BLOCK_N, K_WIDTH] and [BLOCK_N, P_WIDTH] tensors (widths: powers of two >= k
   and >= p, at most 32; slots past k or p hold -1, never chosen for replacement), unsorted, with
@@ -75,6 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
+from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, squared_norms
 from reidfast.kernels._launch import Launch, run_launch
 
 _MAX_RANK = 32
@@ -214,17 +216,7 @@ def _triplet_select_kernel(
     rows_in = tl.minimum(rows, N - 1).to(tl.int64)
     x_rows = x_ptr + rows_in[:, None] * stride_xn
     anchor_labels = tl.load(labels_ptr + rows_in * stride_l)
-    offs_d = tl.arange(0, BLOCK_D)
-
-    # Squared norms of the anchors, in float32.
-    x_sq = tl.zeros([BLOCK_N], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d_off = (d0 + offs_d).to(tl.int64)[None, :] * stride_xd
-        if EVEN_D:
-            a = tl.load(x_rows + d_off).to(tl.float32)
-        else:
-            a = tl.load(x_rows + d_off, mask=(d0 + offs_d < D)[None, :], other=0.0).to(tl.float32)
-        x_sq += tl.sum(a * a, axis=1)
+    x_sq = squared_norms(x_rows, stride_xd, D, EVEN_D, BLOCK_N, BLOCK_D)
 
     pos, pos_threshold = _init_list(BLOCK_N, K_WIDTH, K)
     neg, neg_threshold = _init_list(BLOCK_N, P_WIDTH, P)
@@ -236,23 +228,9 @@ def _triplet_select_kernel(
         cols = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         cols_in = tl.minimum(cols, M - 1).to(tl.int64)
         r_rows = ref_ptr + cols_in[:, None] * stride_rn
-        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        r_sq = tl.zeros([BLOCK_M], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dd = (d0 + offs_d).to(tl.int64)[None, :]
-            if EVEN_D:
-                a = tl.load(x_rows + dd * stride_xd)
-                b = tl.load(r_rows + dd * stride_rd)
-            else:
-                d_ok = (d0 + offs_d < D)[None, :]
-                a = tl.load(x_rows + dd * stride_xd, mask=d_ok, other=0.0)
-                b = tl.load(r_rows + dd * stride_rd, mask=d_ok, other=0.0)
-            b32 = b.to(tl.float32)
-            r_sq += tl.sum(b32 * b32, axis=1)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
-
+        acc, r_sq = dot_tile(x_rows, r_rows, stride_xd, stride_rd, D, EVEN_D, BLOCK_N, BLOCK_M, BLOCK_D)
         sq = (x_sq[:, None] + r_sq[None, :]) - 2.0 * acc
-        sq = tl.maximum(sq, 1e-12, propagate_nan=tl.PropagateNan.ALL)
+        sq = tl.maximum(sq, DISTANCE_EPS, propagate_nan=tl.PropagateNan.ALL)
         if SQUARED:
             dist = sq
         else:

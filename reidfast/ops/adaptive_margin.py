@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import _extension
-from reidfast.backend import BACKENDS, resolve_backend
+from reidfast.backend import BACKENDS, resolve_backend, triton_installed
 from reidfast.ops._checks import check_float, check_float_dtype, check_labels, check_tensor
 from reidfast.ops.triplet_select import _distance_matrix
 
@@ -198,3 +198,14 @@ if _extension.LOAD_ERROR is None:
     if _extension.has_kernel("adaptive_margin_forward", "CUDA"):
         _FORWARD_OPS["cuda"] = torch.ops.reidfast.adaptive_margin_forward.default
 
+if triton_installed():
+    from reidfast.kernels import adaptive_margin as _triton_kernels
+
+    @torch.library.triton_op("reidfast::adaptive_margin_forward_triton", mutates_args=())
+    def _adaptive_margin_forward_triton(
+        x: torch.Tensor, labels: torch.Tensor, mu: float, gamma: float, reduction: str, compute_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _triton_kernels.adaptive_margin_forward(x, labels, mu, gamma, reduction, compute_grad)
+
+    _register(_adaptive_margin_forward_triton._opoverload)
+    _FORWARD_OPS["triton"] = _adaptive_margin_forward_triton._opoverload

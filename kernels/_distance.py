@@ -1,0 +1,70 @@
+"""Squared-distance tiles computed on chip, shared by the Triton modules that rank or weigh pairs.
+
+For a block of rows x_I of x [N, D] and a block of rows r_J of a second set (x itself or a
+reference set), the squared distance in the package's convention is
+
+    max(|x_i|^2 + |r_j|^2 - 2 x_i.r_j, DISTANCE_EPS)
+
+in float32. The dot products come from tl.dot over BLOCK_D chunks of D (float32 inputs with
+input_precision="ieee", so the products match a float32 matmul; float16 and bfloat16 on tensor
+cores with float32 accumulation); the squared norms are summed in float32 from the loaded values.
+(|x|^2 + |r|^2) - 2 acc is what callers form (2 acc is exact, so a fused multiply-add gives the
+same value); the clamp is theirs too, since some need the value before it.
+
+Row pointers are [BLOCK, 1] tensors of row starts (callers clamp out-of-range rows to a valid one
+and mask their results); only a D that is not a multiple of BLOCK_D needs load masks (EVEN_D).
+Such masks cannot be vectorised and cost the 16-bit dot some 60 registers per thread (a peeled,
+masked tail step after an unmasked loop was measured no better).
+"""
+
+import triton
+import triton.language as tl
+
+DISTANCE_EPS = tl.constexpr(1e-12)
+
+
+@triton.jit
+def squared_norms(x_rows, stride_d, D, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """|x_i|^2 in float32 for the rows x_rows [BLOCK_N, 1] (pointers)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    x_sq = tl.zeros([BLOCK_N], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d_off = (d0 + offs_d).to(tl.int64)[None, :] * stride_d
+        if EVEN_D:
+            a = tl.load(x_rows + d_off).to(tl.float32)
+        else:
+            a = tl.load(x_rows + d_off, mask=(d0 + offs_d < D)[None, :], other=0.0).to(tl.float32)
+        x_sq += tl.sum(a * a, axis=1)
+    return x_sq
+
+
+@triton.jit
+def dot_tile(
+    x_rows,
+    r_rows,
+    stride_xd,
+    stride_rd,
+    D,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """(x_I . r_J^T [BLOCK_N, BLOCK_M], |r_j|^2 [BLOCK_M]), both float32, for the row pointers
+    x_rows [BLOCK_N, 1] and r_rows [BLOCK_M, 1]."""
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    r_sq = tl.zeros([BLOCK_M], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = (d0 + offs_d).to(tl.int64)[None, :]
+        if EVEN_D:
+            a = tl.load(x_rows + dd * stride_xd)
+            b = tl.load(r_rows + dd * stride_rd)
+        else:
+            d_ok = (d0 + offs_d < D)[None, :]
+            a = tl.load(x_rows + dd * stride_xd, mask=d_ok, other=0.0)
+            b = tl.load(r_rows + dd * stride_rd, mask=d_ok, other=0.0)
+        b32 = b.to(tl.float32)
+        r_sq += tl.sum(b32 * b32, axis=1)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
+    return acc, r_sq

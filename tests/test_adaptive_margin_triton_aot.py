@@ -1,0 +1,67 @@
+"""The Triton adaptive_margin kernels compile for sm_80 and sm_90 in the configurations the launcher
+picks, without spilling registers: float32 with a D range of many gradient chunks per program
+(the workspace path), bfloat16 with a large D and the two-mask slopes of "balanced", float16 with
+a large batch and a small D (the gradient kept in registers), each with and without the gradient."""
+
+import pytest
+
+pytest.importorskip("triton")
+import torch  # noqa: E402
+from triton_aot import ARCHITECTURES, compile_all  # noqa: E402
+
+# (N, D, dtype, reduction)
+SHAPES = {
+    "n256-d800-fp32-mean": (256, 800, torch.float32, "mean"),
+    "n1024-d2048-bf16-balanced": (1024, 2048, torch.bfloat16, "balanced"),
+    "n4096-d128-fp16-sum": (4096, 128, torch.float16, "sum"),
+}
+CASES = {
+    f"{name}-{'grad' if compute_grad else 'loss'}": (*shape, compute_grad)
+    for name, shape in SHAPES.items()
+    for compute_grad in (True, False)
+}
+
+
+def launches():
+    """{case: the forward's four launches} on meta tensors (only shapes and strides matter)."""
+    from reidfast.kernels.adaptive_margin import allocate, forward_launches
+
+    result = {}
+    for case, (N, D, dtype, reduction, compute_grad) in CASES.items():
+        x = torch.empty((N, D), dtype=dtype, device="meta")
+        labels = torch.empty((N,), dtype=torch.int64, device="meta")
+        buffers = allocate(x, compute_grad)
+        result[case] = forward_launches(x, labels, 8.0, 2.1, reduction, compute_grad, buffers)
+    return result
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return compile_all(__file__, "launches")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_compile(reports, case, arch):
+    report = reports[(case, arch)]
+    assert report["error"] is None, report["error"]
+    assert len(report["kernels"]) == 4, report["kernels"]
+    for kernel in report["kernels"]:
+        assert kernel["cubin_bytes"] > 0, f"{kernel['name']}: no machine code"
+        # A spill to local memory would make the kernel memory-bound on its own scratch.
+        assert kernel["LOCAL"] == 0 and kernel["STACK"] == 0, f"{kernel['name']} spills: {kernel}"
+
+
+def test_plans_cover_both_gradient_paths():
+    """The float16 case keeps each program's gradient chunk in registers; the others accumulate
+    it in a workspace. The gradient kernel never splits D beyond _MAX_GRAD_SPLITS."""
+    from reidfast.kernels import adaptive_margin as kernels
+
+    assert kernels.plan(4096, 128, torch.float16).chunks_per_split == 1
+    for N, D, dtype, _ in SHAPES.values():
+        cfg = kernels.plan(N, D, dtype)
+        assert 1 <= cfg.grad_splits <= kernels._MAX_GRAD_SPLITS
+        assert (cfg.grad_splits - 1) * cfg.chunks_per_split < -(-D // cfg.block_g)  # no empty split
+        assert (cfg.splits - 1) * cfg.tiles_per_split < cfg.row_blocks
+    assert kernels.plan(256, 800, torch.float32).chunks_per_split > 1
+    assert kernels.plan(1024, 2048, torch.bfloat16).chunks_per_split > 1
