@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("triton")
 import torch  # noqa: E402
-from triton_aot import ARCHITECTURES, compile_all  # noqa: E402
+from triton_aot import ARCHITECTURES, assert_compiled_without_spills, compile_all  # noqa: E402
 
 # (N, D, dtype, reduction)
 SHAPES = {
@@ -43,13 +43,7 @@ def reports():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("case", CASES)
 def test_kernels_compile(reports, case, arch):
-    report = reports[(case, arch)]
-    assert report["error"] is None, report["error"]
-    assert len(report["kernels"]) == 4, report["kernels"]
-    for kernel in report["kernels"]:
-        assert kernel["cubin_bytes"] > 0, f"{kernel['name']}: no machine code"
-        # A spill to local memory would make the kernel memory-bound on its own scratch.
-        assert kernel["LOCAL"] == 0 and kernel["STACK"] == 0, f"{kernel['name']} spills: {kernel}"
+    assert_compiled_without_spills(reports[(case, arch)], expected_kernels=4)
 
 
 def test_plans_cover_both_gradient_paths():

@@ -101,6 +101,18 @@ def compile_all(module_path: str, function: str) -> dict[tuple[str, int], dict]:
     return {(r["case"], r["arch"]): r for r in reports}
 
 
+def assert_compiled_without_spills(report: dict, expected_kernels: int | None = None) -> None:
+    """A case's report: every launch compiled to machine code, without register spills (a spill
+    to local memory would make a kernel memory-bound on its own scratch)."""
+    assert report["error"] is None, report["error"]
+    assert report["kernels"], "no kernel compiled"
+    if expected_kernels is not None:
+        assert len(report["kernels"]) == expected_kernels, report["kernels"]
+    for kernel in report["kernels"]:
+        assert kernel["cubin_bytes"] > 0, f"{kernel['name']}: no machine code"
+        assert kernel["LOCAL"] == 0 and kernel["STACK"] == 0, f"{kernel['name']} spills: {kernel}"
+
+
 def _main(module_path: str, function: str) -> None:
     import importlib.util
 
