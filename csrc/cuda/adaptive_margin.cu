@@ -1,0 +1,691 @@
+// CUDA kernel of adaptive_margin_forward: the adaptive-margin pairwise loss of a batch (see
+// reidfast/ops/adaptive_margin.py), its margins and, when asked, its gradient, without ever
+// writing the N x N distance matrix to global memory.
+//
+// Distances. D_ij = max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12) in float32 (NaN stays NaN). The
+// squared row norms are computed once by row_norms_kernel into an [N] float32 buffer; the dot
+// products come from 64 x 64 tiles computed on chip: a block owns the 64 rows of a row tile I and
+// walks column tiles J; per tile, D is consumed in chunks of 16 elements, the chunk's 64 + 64 rows
+// converted to float32 and staged in shared memory (k-major, double-buffered, the next chunk's
+// global loads in flight while the current one is multiplied, one __syncthreads per chunk), and
+// multiplied with FFMA, thread (ty, tx) = (t / 16, t % 16) owning rows 4 ty .. 4 ty + 3 and
+// columns tx + 16 q, q < 4. Every element type runs on this float32 path (a product of two half
+// or bfloat16 values is exact in float32; only the accumulation rounds). The code that computes
+// the pair (i, j) in tile (I, J) and (j, i) in tile (J, I) performs the same operations, so D, and
+// with it every test and slope, is exactly symmetric.
+//
+// Passes (all on the current stream; nothing is read back but the pair counts, at the end):
+//   1. pair_pass_kernel<kStats>, grid (row tiles, splits): block (I, s) visits the column tiles
+//      J = I + s, I + s + splits, ... and sums, over its pairs i < j, the positive and negative
+//      pairs' distances and counts the positive pairs, in double; a deterministic block
+//      reduction (warp butterflies, then the warps in order) writes one partial per block.
+//   2. margins_kernel, one block: adds the partials in a fixed order and computes s, d,
+//      Mp = -expm1(-mu d) / mu, Mn = softplus(gamma s) / gamma (without overflow), the
+//      reduction's scales and the pair counts, into a small device state.
+//   3. pair_pass_kernel<kLoss> (same grid as pass 1) or, when the gradient is asked for,
+//      pair_pass_kernel<kLossGrad>, grid (row tiles): block I visits every column tile J, in
+//      order, on both sides of the diagonal. The hinge terms of the pairs i < j are summed as in
+//      pass 1; the slopes W_IJ (scale_pos for a positive pair with D > Mp, -scale_neg for a
+//      negative pair with Mn > D, 0 otherwise, on the diagonal and where D was clamped) are
+//      stored transposed in shared memory, their row sums kept in registers, and W_IJ x_J, a
+//      second GEMM over D in slices of 64 columns (x_J's slice staged in shared memory, thread
+//      (ty, tx) owning rows 4 ty + i and columns tx + 16 q), is added into a float32 accumulator
+//      of the block's rows (grad_x itself for float32 x); a tile whose slopes are all zero is
+//      skipped. At the end the block writes grad[I] = 2 (rowsum(W_I) x_I - sum_J W_IJ x_J) in x's
+//      dtype. Each grad row is written by one block, in a fixed order: deterministic.
+//   4. loss_kernel, one block: the loss from the pass-3 partials, in a fixed order.
+// Then the pair counts are copied to the host (one synchronisation) to refuse a batch without a
+// positive or a negative pair.
+//
+// Limits: 2 <= N < 2**31; int64 offsets throughout; the pair counts are summed in double, exact
+// below 2**53 pairs (N < 1.3e8). Loads are 16-byte (float32) or 8-byte (half, bfloat16) vectors
+// when D % 4 == 0 and x is aligned, element loads otherwise. No tensor cores: half and bfloat16 run at the float32 FFMA rate. With the gradient
+// the grid has one block per 64 rows, so small batches leave most of a large GPU idle. The dot
+// products are summed in another order than the reference's matmul, so distances differ from it
+// by rounding, and a pair within rounding of a margin may fall on the other side of it. Shared
+// memory: about 37 KiB, static.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/string_view.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+namespace reidfast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kTile = 64;                      // rows of a row tile, and of a column tile
+constexpr int kChunk = 16;                     // D elements per staged chunk of the dot products
+constexpr int kStride = kTile + 4;             // floats between two k of a staged chunk
+constexpr int kChunkFloats = 2 * kChunk * kStride;  // one chunk: the row tile's, then the column's
+constexpr int kSlice = 64;                     // D columns per slice of the gradient's GEMM
+constexpr int kSliceStride = kSlice + 4;       // floats between two rows of a staged slice
+constexpr int kStageFloats = 2 * kChunkFloats;      // two chunks, or one slice
+constexpr int kSlopeStride = kTile + 4;        // floats between two columns of the slope tile
+constexpr float kDistanceEps = 1e-12f;
+constexpr int kTargetBlocks = 1024;            // blocks of the passes without gradient
+
+// The pair passes.
+constexpr int kStats = 0;     // sums and counts of the distances
+constexpr int kLoss = 1;      // hinge terms
+constexpr int kLossGrad = 2;  // hinge terms and the gradient
+
+// Reductions (the op's `reduction` argument).
+constexpr int kReduceMean = 0;
+constexpr int kReduceSum = 1;
+constexpr int kReduceBalanced = 2;
+
+static_assert(kThreads == kTile * (kChunk / 4), "one 4-element load per thread, tile and chunk");
+static_assert(kThreads == kTile * (kSlice / 16), "four 4-element loads per thread and slice");
+static_assert(kTile * kSliceStride <= kStageFloats, "a slice fits in the chunk buffers");
+static_assert((kStride * 4) % 16 == 0 && (kSliceStride * 4) % 16 == 0 &&
+                  (kSlopeStride * 4) % 16 == 0 && (kChunkFloats * 4) % 16 == 0,
+              "16-byte aligned shared rows");
+
+// Sizes of a pass, passed by value.
+struct PassParams {
+  int64_t n;      // rows of x
+  int64_t d;      // embedding size
+  int64_t tiles;  // ceil(n / kTile)
+  bool vec_ok;    // D % 4 == 0 and x aligned: vector loads
+};
+
+// What the margins kernel leaves for the second pass and the loss kernel.
+struct MarginState {
+  float mp, mn;                  // the margins, as the pair tests use them
+  float pos_slope, neg_slope;    // |dL/dD| of an active positive / negative pair
+  double pos_scale, neg_scale;   // the reduction's scales of the two sums of hinge terms
+};
+
+// Splits of the column tiles in the passes without gradient: about kTargetBlocks blocks in all,
+// from the tile count only (the summation order does not depend on the device).
+int64_t column_splits(int64_t tiles) {
+  return std::clamp<int64_t>((kTargetBlocks + tiles - 1) / tiles, 1, tiles);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types (float, __half, __nv_bfloat16).
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// A 2-byte element from its bits.
+template <typename T>
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+  } else {  // bfloat16: the upper half of a float32
+    return __uint_as_float(bits << 16);
+  }
+}
+
+// Elements [k, k + 4) of a row as float32; zeros past d, and for row == nullptr (past the last
+// row). Vector loads need vec_ok (so k + 4 <= d whenever k < d, k being a multiple of 4).
+template <typename T>
+__device__ __forceinline__ void load4(const T* row, int64_t k, int64_t d, bool vec_ok,
+                                      float (&out)[4]) {
+  if (row == nullptr || k >= d) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out[e] = 0.f;
+    return;
+  }
+  if (vec_ok) {
+    if constexpr (std::is_same_v<T, float>) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(row + k));
+      out[0] = v.x;
+      out[1] = v.y;
+      out[2] = v.z;
+      out[3] = v.w;
+    } else {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + k));
+      out[0] = half_bits_to_float<T>(v.x & 0xffffu);
+      out[1] = half_bits_to_float<T>(v.x >> 16);
+      out[2] = half_bits_to_float<T>(v.y & 0xffffu);
+      out[3] = half_bits_to_float<T>(v.y >> 16);
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) out[e] = k + e < d ? to_float(row[k + e]) : 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide building blocks; every thread of the block calls them.
+
+// acc[i][q] = x[row0 + 4 ty + i] . x[col0 + tx + 16 q] (0 for rows past n). `stage` holds
+// kStageFloats; it is free again when this returns.
+template <typename T>
+__device__ __forceinline__ void dot_tile(const T* __restrict__ x, const PassParams& pp,
+                                         int64_t row0, int64_t col0, float* stage,
+                                         float (&acc)[4][4]) {
+  const int tid = threadIdx.x;
+  const int tx = tid & 15, ty = tid >> 4;
+  const int lr = tid >> 2, kq = (tid & 3) * 4;  // the rows and elements this thread stages
+  const T* a_row = row0 + lr < pp.n ? x + (row0 + lr) * pp.d : nullptr;
+  const T* b_row = col0 + lr < pp.n ? x + (col0 + lr) * pp.d : nullptr;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
+  }
+  const int64_t chunks = (pp.d + kChunk - 1) / kChunk;
+  float a[4], b[4];
+  load4<T>(a_row, kq, pp.d, pp.vec_ok, a);
+  load4<T>(b_row, kq, pp.d, pp.vec_ok, b);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    float* as = stage + (chunk & 1) * kChunkFloats;  // as[k * kStride + row]
+    float* bs = as + kChunk * kStride;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      as[(kq + e) * kStride + lr] = a[e];
+      bs[(kq + e) * kStride + lr] = b[e];
+    }
+    __syncthreads();
+    if (chunk + 1 < chunks) {
+      const int64_t k = (chunk + 1) * kChunk + kq;
+      load4<T>(a_row, k, pp.d, pp.vec_ok, a);
+      load4<T>(b_row, k, pp.d, pp.vec_ok, b);
+    }
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) {
+      const float4 av = *reinterpret_cast<const float4*>(as + k * kStride + ty * 4);
+      const float arow[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float bv = bs[k * kStride + tx + 16 * q];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i][q] = fmaf(arow[i], bv, acc[i][q]);
+      }
+    }
+  }
+  __syncthreads();  // every thread is done with the stages
+}
+
+// g[row0 + 4 ty + i][k] (+)= sum_c wt[c][4 ty + i] x[col0 + c][k] for k = k0 + tx + 16 q over the
+// slices of D; written (rather than added) when `first`. wt [kTile][kSlopeStride]: the slope
+// tile, transposed. `stage` holds kStageFloats; it is free again when this returns.
+template <typename T>
+__device__ __forceinline__ void accumulate_slopes(const T* __restrict__ x, const PassParams& pp,
+                                                  int64_t row0, int64_t col0, float* stage,
+                                                  const float* wt, float* g, bool first) {
+  const int tid = threadIdx.x;
+  const int tx = tid & 15, ty = tid >> 4;
+  const int lr = tid >> 2, kq = (tid & 3) * 16;  // the row and 16 elements this thread stages
+  const T* src = col0 + lr < pp.n ? x + (col0 + lr) * pp.d : nullptr;
+  const int64_t slices = (pp.d + kSlice - 1) / kSlice;
+  float v[4][4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) load4<T>(src, kq + 4 * u, pp.d, pp.vec_ok, v[u]);
+  for (int64_t slice = 0; slice < slices; ++slice) {
+    const int64_t k0 = slice * kSlice;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      *reinterpret_cast<float4*>(stage + lr * kSliceStride + kq + 4 * u) =
+          make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+    }
+    __syncthreads();
+    if (slice + 1 < slices) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) load4<T>(src, k0 + kSlice + kq + 4 * u, pp.d, pp.vec_ok, v[u]);
+    }
+    float out[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) out[i][q] = 0.f;
+    }
+#pragma unroll 8
+    for (int c = 0; c < kTile; ++c) {
+      const float4 wv = *reinterpret_cast<const float4*>(wt + c * kSlopeStride + ty * 4);
+      const float w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float xv = stage[c * kSliceStride + tx + 16 * q];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[i][q] = fmaf(w[i], xv, out[i][q]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row0 + ty * 4 + i;
+      if (row >= pp.n) continue;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t k = k0 + tx + 16 * q;
+        if (k >= pp.d) continue;
+        float* p = g + row * pp.d + k;
+        *p = first ? out[i][q] : *p + out[i][q];
+      }
+    }
+    __syncthreads();  // every thread is done with the staged slice
+  }
+}
+
+// Sums v over the block: warp butterflies, then the warps in order. The result is in thread 0.
+template <int kValues>
+__device__ __forceinline__ void block_sum(double (&v)[kValues], double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int q = 0; q < kValues; ++q) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      v[q] += __shfl_xor_sync(kFullMask, v[q], offset);
+    }
+    if (lane == 0) scratch[warp * kValues + q] = v[q];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int q = 0; q < kValues; ++q) {
+      double total = 0;
+      for (int w = 0; w < kWarps; ++w) total += scratch[w * kValues + q];
+      v[q] = total;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+
+// out[row] = sum of squares of x's row in float32. A warp per row; grid: ceil(n / 8) blocks.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, float* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= n) return;  // the whole warp
+  const T* src = x + row * d;
+  float sum = 0.f;
+  for (int64_t k = lane; k < d; k += 32) {
+    const float f = to_float(src[k]);
+    sum = fmaf(f, f, sum);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  if (lane == 0) out[row] = sum;
+}
+
+// The pair passes; see the header. Block (blockIdx.x, blockIdx.y) owns the rows
+// [64 blockIdx.x, + 64) and writes its partial sums to partials[(blockIdx.y * gridDim.x +
+// blockIdx.x) * kValues + v]: kStats (pos_sum, neg_sum, pos_count), otherwise (pos_terms,
+// neg_terms), unscaled. kLossGrad: gridDim.y == 1; grad_acc [n, d] float32 and grad_out [n, d]
+// (the same memory for float32 x).
+template <typename T, int kMode>
+__global__ void __launch_bounds__(kThreads)
+    pair_pass_kernel(const T* __restrict__ x, const float* __restrict__ norms,
+                     const int64_t* __restrict__ labels, const PassParams pp,
+                     const MarginState* __restrict__ state, double* __restrict__ partials,
+                     float* grad_acc, T* grad_out) {
+  constexpr int kValues = kMode == kStats ? 3 : 2;
+  __shared__ __align__(16) float stage[kStageFloats];
+  __shared__ __align__(16) float slopes[kMode == kLossGrad ? kTile * kSlopeStride : 4];
+  __shared__ float row_norm_s[kTile], col_norm_s[kTile];
+  __shared__ int64_t row_label_s[kTile], col_label_s[kTile];
+  __shared__ double scratch[kWarps * kValues];
+
+  const int tid = threadIdx.x;
+  const int tx = tid & 15, ty = tid >> 4;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  if (tid < kTile) {
+    const int64_t r = row0 + tid;
+    row_norm_s[tid] = r < pp.n ? norms[r] : 0.f;
+    row_label_s[tid] = r < pp.n ? labels[r] : 0;
+  }
+  float mp = 0.f, mn = 0.f, pos_slope = 0.f, neg_slope = 0.f;
+  if constexpr (kMode != kStats) {
+    mp = state->mp;
+    mn = state->mn;
+    pos_slope = state->pos_slope;
+    neg_slope = state->neg_slope;
+  }
+
+  double sums[kValues];
+#pragma unroll
+  for (int q = 0; q < kValues; ++q) sums[q] = 0;
+  float row_sum[4] = {0.f, 0.f, 0.f, 0.f};  // kLossGrad: rowsum(W) of rows 4 ty + i
+  bool written = false;                      // kLossGrad: grad_acc holds this block's rows
+
+  const int64_t tile_begin = kMode == kLossGrad ? 0 : static_cast<int64_t>(blockIdx.x) + blockIdx.y;
+  const int64_t tile_step = kMode == kLossGrad ? 1 : gridDim.y;
+  for (int64_t tile = tile_begin; tile < pp.tiles; tile += tile_step) {
+    const int64_t col0 = tile * kTile;
+    if (tid < kTile) {
+      const int64_t c = col0 + tid;
+      col_norm_s[tid] = c < pp.n ? norms[c] : 0.f;
+      col_label_s[tid] = c < pp.n ? labels[c] : 0;
+    }
+    float acc[4][4];
+    dot_tile<T>(x, pp, row0, col0, stage, acc);  // its barriers publish the norms and labels
+
+    float tile_row_sum[4] = {0.f, 0.f, 0.f, 0.f};
+    bool any_slope = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = ty * 4 + i;
+      const int64_t gi = row0 + r;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int c = tx + 16 * q;
+        const int64_t gj = col0 + c;
+        const bool valid = gi < pp.n && gj < pp.n;
+        const bool counted = valid && gj > gi;  // the pair i < j, counted once
+        float dist = (row_norm_s[r] + col_norm_s[c]) - 2.f * acc[i][q];
+        dist = dist < kDistanceEps ? kDistanceEps : dist;  // NaN stays NaN
+        const bool same = row_label_s[r] == col_label_s[c];
+        if constexpr (kMode == kStats) {
+          if (counted) {
+            if (same) {
+              sums[0] += static_cast<double>(dist);
+              sums[2] += 1.0;
+            } else {
+              sums[1] += static_cast<double>(dist);
+            }
+          }
+        } else {
+          float w = 0.f;
+          if (same) {
+            if (dist > mp) {
+              if (counted) sums[0] += static_cast<double>(dist - mp);
+              w = pos_slope;
+            }
+          } else if (mn > dist) {
+            if (counted) sums[1] += static_cast<double>(mn - dist);
+            w = -neg_slope;
+          }
+          if constexpr (kMode == kLossGrad) {
+            // No slope off the pairs, on the diagonal, or where the clamp is active.
+            if (!valid || gi == gj || !(dist > kDistanceEps)) w = 0.f;
+            slopes[c * kSlopeStride + r] = w;
+            tile_row_sum[i] += w;
+            any_slope = any_slope || w != 0.f;
+          }
+        }
+      }
+    }
+
+    if constexpr (kMode == kLossGrad) {
+      // Row sums over the tile's 64 columns: the 16 threads of a row group are 16 lanes.
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int offset = 1; offset < 16; offset <<= 1) {
+          tile_row_sum[i] += __shfl_xor_sync(kFullMask, tile_row_sum[i], offset);
+        }
+        row_sum[i] += tile_row_sum[i];
+      }
+      if (__syncthreads_or(any_slope)) {  // also publishes the slope tile
+        accumulate_slopes<T>(x, pp, row0, col0, stage, slopes, grad_acc, !written);
+        written = true;
+      }
+    }
+    __syncthreads();  // the next tile overwrites the column norms, labels and slopes
+  }
+
+  if constexpr (kMode == kLossGrad) {
+    // grad = 2 (rowsum(W) x - W x); each element by the thread that accumulated it.
+    const int64_t slices = (pp.d + kSlice - 1) / kSlice;
+    for (int64_t slice = 0; slice < slices; ++slice) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t row = row0 + ty * 4 + i;
+        if (row >= pp.n) continue;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int64_t k = slice * kSlice + tx + 16 * q;
+          if (k >= pp.d) continue;
+          const int64_t at = row * pp.d + k;
+          const float wx = written ? grad_acc[at] : 0.f;
+          grad_out[at] = from_float<T>(2.f * (row_sum[i] * to_float(x[at]) - wx));
+        }
+      }
+    }
+  }
+
+  block_sum<kValues>(sums, scratch);
+  if (tid == 0) {
+    const int64_t slot = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+#pragma unroll
+    for (int q = 0; q < kValues; ++q) partials[slot * kValues + q] = sums[q];
+  }
+}
+
+// One block: the margins from pass 1's partials [num_partials][3]. Writes `state`, margins
+// (Mp, Mn, s, d) and counts (positive pairs, negative pairs).
+__global__ void __launch_bounds__(kThreads)
+    margins_kernel(const double* __restrict__ partials, int64_t num_partials, int64_t n,
+                   double mu, double gamma, int reduction, MarginState* __restrict__ state,
+                   float* __restrict__ margins, int64_t* __restrict__ counts) {
+  __shared__ double scratch[kWarps * 3];
+  double v[3] = {0, 0, 0};
+  for (int64_t p = threadIdx.x; p < num_partials; p += kThreads) {
+#pragma unroll
+    for (int q = 0; q < 3; ++q) v[q] += partials[p * 3 + q];
+  }
+  block_sum<3>(v, scratch);
+  if (threadIdx.x != 0) return;
+  const int64_t num_pairs = n * (n - 1) / 2;
+  const int64_t num_pos = static_cast<int64_t>(v[2]);  // exact: a sum of integers below 2**53
+  const int64_t num_neg = num_pairs - num_pos;
+  const double s = v[0] / static_cast<double>(num_pos);
+  const double d = v[1] / static_cast<double>(num_neg);
+  const double mp = -expm1(-mu * d) / mu;
+  const double gs = gamma * s;  // softplus(gs) = max(gs, 0) + log1p(exp(-|gs|)): no overflow
+  const double mn = (fmax(gs, 0.0) + log1p(exp(-fabs(gs)))) / gamma;
+  double pos_scale = 1, neg_scale = 1;
+  if (reduction == kReduceMean) {
+    pos_scale = neg_scale = 1.0 / static_cast<double>(num_pairs);
+  } else if (reduction == kReduceBalanced) {
+    pos_scale = 1.0 / static_cast<double>(num_pos);
+    neg_scale = 1.0 / static_cast<double>(num_neg);
+  }
+  MarginState st;
+  st.mp = static_cast<float>(mp);
+  st.mn = static_cast<float>(mn);
+  st.pos_slope = static_cast<float>(pos_scale);
+  st.neg_slope = static_cast<float>(neg_scale);
+  st.pos_scale = pos_scale;
+  st.neg_scale = neg_scale;
+  *state = st;
+  margins[0] = static_cast<float>(mp);
+  margins[1] = static_cast<float>(mn);
+  margins[2] = static_cast<float>(s);
+  margins[3] = static_cast<float>(d);
+  counts[0] = num_pos;
+  counts[1] = num_neg;
+}
+
+// One block: loss = pos_scale * sum of the positive terms + neg_scale * that of the negative ones,
+// from pass 3's partials [num_partials][2].
+__global__ void __launch_bounds__(kThreads)
+    loss_kernel(const double* __restrict__ partials, int64_t num_partials,
+                const MarginState* __restrict__ state, float* __restrict__ loss) {
+  __shared__ double scratch[kWarps * 2];
+  double v[2] = {0, 0};
+  for (int64_t p = threadIdx.x; p < num_partials; p += kThreads) {
+    v[0] += partials[p * 2];
+    v[1] += partials[p * 2 + 1];
+  }
+  block_sum<2>(v, scratch);
+  if (threadIdx.x == 0) {
+    *loss = static_cast<float>(state->pos_scale * v[0] + state->neg_scale * v[1]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+template <typename S>
+struct DeviceType {
+  using type = S;
+};
+template <>
+struct DeviceType<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+#define REIDFAST_AM_DISPATCH_GPU_FLOATS(TYPE, NAME, ...)               \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)      \
+                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
+    const at::Tensor& x_in, const at::Tensor& labels_in, double mu, double gamma,
+    c10::string_view reduction, bool compute_grad) {
+  TORCH_INTERNAL_ASSERT(x_in.is_cuda());
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK_TYPE(dtype != at::kDouble,
+                   "adaptive_margin_loss (CUDA): x is float64, which only the reference and CPU "
+                   "backends support; use float32, float16 or bfloat16 on the GPU");
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                   "adaptive_margin_loss (CUDA): x must be float32, float16 or bfloat16, got ",
+                   dtype);
+  TORCH_CHECK_VALUE(x_in.dim() == 2, "adaptive_margin_loss (CUDA): x must be [N, D], got ",
+                    x_in.sizes());
+  TORCH_CHECK_VALUE(labels_in.dim() == 1 && labels_in.size(0) == x_in.size(0),
+                    "adaptive_margin_loss (CUDA): labels must be [N] with N = ", x_in.size(0),
+                    ", got ", labels_in.sizes());
+  TORCH_CHECK_TYPE(labels_in.scalar_type() == at::kLong,
+                   "adaptive_margin_loss (CUDA): labels must be int64, got ",
+                   labels_in.scalar_type());
+  TORCH_CHECK(labels_in.device() == x_in.device(),
+              "adaptive_margin_loss (CUDA): labels must be on x's device ", x_in.device(),
+              ", got ", labels_in.device());
+  TORCH_CHECK_VALUE(mu > 0 && gamma > 0,
+                    "adaptive_margin_loss (CUDA): mu and gamma must be > 0, got mu = ", mu,
+                    ", gamma = ", gamma);
+  int reduction_code = kReduceMean;
+  if (reduction == "sum") {
+    reduction_code = kReduceSum;
+  } else if (reduction == "balanced") {
+    reduction_code = kReduceBalanced;
+  } else {
+    TORCH_CHECK_VALUE(reduction == "mean",
+                      "adaptive_margin_loss (CUDA): reduction must be mean, sum or balanced, got ",
+                      reduction);
+  }
+  const int64_t n = x_in.size(0), d = x_in.size(1);
+  TORCH_CHECK_VALUE(n >= 2, "adaptive_margin_loss (CUDA): the batch needs a positive and a "
+                    "negative pair, got N = ", n);
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), "adaptive_margin_loss (CUDA): N = ", n,
+              " is too large (at most ", std::numeric_limits<int32_t>::max(), ")");
+  const int64_t tiles = (n + kTile - 1) / kTile;
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  const auto float_options = x.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty({}, float_options);
+  at::Tensor margins = at::empty({4}, float_options);
+  at::Tensor grad = compute_grad ? at::empty({n, d}, x.options()) : at::empty({0, d}, x.options());
+  at::Tensor grad_acc;
+  if (compute_grad && dtype != at::kFloat) grad_acc = at::empty({n, d}, float_options);
+  at::Tensor norms = at::empty({n}, float_options);
+  at::Tensor state = at::empty({static_cast<int64_t>(sizeof(MarginState))},
+                               x.options().dtype(at::kByte));
+  at::Tensor counts = at::empty({2}, x.options().dtype(at::kLong));
+
+  const int64_t splits = column_splits(tiles);
+  const int64_t stats_partials = tiles * splits;
+  const int64_t loss_partials = compute_grad ? tiles : tiles * splits;
+  at::Tensor partials =
+      at::empty({stats_partials * 3 + loss_partials * 2}, x.options().dtype(at::kDouble));
+  double* stats_ptr = partials.mutable_data_ptr<double>();
+  double* loss_ptr = stats_ptr + stats_partials * 3;
+  MarginState* state_ptr = reinterpret_cast<MarginState*>(state.mutable_data_ptr<uint8_t>());
+
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  REIDFAST_AM_DISPATCH_GPU_FLOATS(dtype, "adaptive_margin_forward_cuda", [&] {
+    using T = typename DeviceType<scalar_t>::type;
+    const T* x_ptr = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
+    const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
+    float* norm_ptr = norms.mutable_data_ptr<float>();
+    PassParams pp{};
+    pp.n = n;
+    pp.d = d;
+    pp.tiles = tiles;
+    pp.vec_ok = d % 4 == 0 && reinterpret_cast<uintptr_t>(x_ptr) % (4 * sizeof(T)) == 0;
+
+    row_norms_kernel<T><<<static_cast<unsigned>((n + kWarps - 1) / kWarps), kThreads, 0,
+                          stream>>>(x_ptr, n, d, norm_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    const dim3 split_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
+    pair_pass_kernel<T, kStats><<<split_grid, kThreads, 0, stream>>>(
+        x_ptr, norm_ptr, label_ptr, pp, nullptr, stats_ptr, nullptr, nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    margins_kernel<<<1, kThreads, 0, stream>>>(stats_ptr, stats_partials, n, mu, gamma,
+                                               reduction_code, state_ptr,
+                                               margins.mutable_data_ptr<float>(),
+                                               counts.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    if (compute_grad) {
+      T* grad_ptr = reinterpret_cast<T*>(grad.mutable_data_ptr<scalar_t>());
+      float* acc_ptr = grad_acc.defined() ? grad_acc.mutable_data_ptr<float>()
+                                          : reinterpret_cast<float*>(grad_ptr);
+      pair_pass_kernel<T, kLossGrad><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
+          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, acc_ptr, grad_ptr);
+    } else {
+      pair_pass_kernel<T, kLoss><<<split_grid, kThreads, 0, stream>>>(
+          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, nullptr, nullptr);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    loss_kernel<<<1, kThreads, 0, stream>>>(loss_ptr, loss_partials, state_ptr,
+                                            loss.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+
+  const at::Tensor host_counts = counts.cpu();  // the one synchronisation
+  const int64_t num_pos = host_counts.const_data_ptr<int64_t>()[0];
+  const int64_t num_neg = host_counts.const_data_ptr<int64_t>()[1];
+  TORCH_CHECK_VALUE(num_pos > 0 && num_neg > 0,
+                    "adaptive_margin_loss (CUDA): the batch needs a positive and a negative pair, "
+                    "got ", num_pos, " positive and ", num_neg, " negative pairs");
+  return {loss, margins, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(reidfast, CUDA, m) {
+  m.impl("adaptive_margin_forward", &adaptive_margin_forward_cuda);
+}
+
+}  // namespace reidfast
