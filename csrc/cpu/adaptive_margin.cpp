@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
@@ -68,6 +69,12 @@ void for_each_tile(const at::Tensor& x, at::Tensor& cache,
   }
 }
 
+// The rows of a triangle tile hold fewer pairs the lower they are: task q takes rows from both
+// ends in turn (0, rows - 1, 1, rows - 2, ...), so contiguous task ranges carry equal work.
+inline int64_t balanced_row(int64_t task, int64_t rows) {
+  return task % 2 == 0 ? task / 2 : rows - 1 - task / 2;
+}
+
 // Sum over rows of `per_row` in row order (deterministic), as double.
 double ordered_sum(const std::vector<double>& per_row) {
   double total = 0;
@@ -96,7 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
     const acc_t* dots_ptr = dots.const_data_ptr<acc_t>();
     const int64_t stride = dots.stride(0);
     at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = balanced_row(task, t.rows);
         const int64_t i = t.row_begin + r;
         const acc_t* row = dots_ptr + r * stride;
         for (int64_t c = std::max<int64_t>(0, i + 1 - t.col_begin); c < t.cols; ++c) {
@@ -143,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
     if (compute_grad) slopes = at::zeros({t.rows, t.cols}, x.options());
     acc_t* slope_ptr = compute_grad ? slopes.mutable_data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = balanced_row(task, t.rows);
         const int64_t i = t.row_begin + r;
         const acc_t* row = dots_ptr + r * stride;
         for (int64_t c = std::max<int64_t>(0, i + 1 - t.col_begin); c < t.cols; ++c) {
@@ -168,9 +177,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
       const at::Tensor x_rows = x.narrow(0, t.row_begin, t.rows);
       const at::Tensor x_cols = x.narrow(0, t.col_begin, t.cols);
       at::Tensor grad_rows = grad.narrow(0, t.row_begin, t.rows);
-      grad_rows.add_(x_rows.mul(slopes.sum(1, true)), 2).addmm_(slopes, x_cols, 1, -2);
-      at::Tensor grad_cols = grad.narrow(0, t.col_begin, t.cols);
-      grad_cols.add_(x_cols.mul(slopes.sum(0).unsqueeze(1)), 2).addmm_(slopes.t(), x_rows, 1, -2);
+      if (t.row_begin == t.col_begin && t.rows == t.cols) {
+        // The whole triangle in one tile: with the symmetric slopes W + W^T, one product.
+        const at::Tensor symmetric = slopes.add(slopes.t());
+        grad_rows.add_(x_rows.mul(symmetric.sum(1, true)), 2).addmm_(symmetric, x_cols, 1, -2);
+      } else {
+        grad_rows.add_(x_rows.mul(slopes.sum(1, true)), 2).addmm_(slopes, x_cols, 1, -2);
+        at::Tensor grad_cols = grad.narrow(0, t.col_begin, t.cols);
+        grad_cols.add_(x_cols.mul(slopes.sum(0).unsqueeze(1)), 2).addmm_(slopes.t(), x_rows, 1, -2);
+      }
     }
   });
   const double loss = pos_scale * ordered_sum(pos_terms) + neg_scale * ordered_sum(neg_terms);
