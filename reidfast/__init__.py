@@ -1,6 +1,6 @@
 """reidfast: fused kernels and a training API for person re-identification on PyTorch."""
 
-from reidfast import losses, ops
+from reidfast import evaluation, losses, ops, retrieval
 from reidfast.backend import available_backends
 
 __version__ = "0.1.0"
