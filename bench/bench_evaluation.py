@@ -115,9 +115,11 @@ CASES = [
 ]
 
 
-def _skip_unless_benchmarking(request, name):
-    if name == "msmt17" and request.config.getoption("benchmark_disable"):
-        pytest.skip("MSMT17 size runs with --benchmark-only")
+def _skip_unless_benchmarking(request, name, impl):
+    """The smoke run (--benchmark-disable) keeps the fused evaluator at Market-1501 size; the
+    per-query argsort reference (minutes there) and MSMT17 size run with --benchmark-only."""
+    if request.config.getoption("benchmark_disable") and (name == "msmt17" or impl == "reference"):
+        pytest.skip("runs with --benchmark-only")
 
 
 def _time(benchmark, timed, fn, device, rounds, **extra_info):
@@ -137,7 +139,7 @@ def _figures(result):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("name, kind, impl", CASES)
 def test_evaluate_rank(benchmark, timed, request, device, name, kind, impl):
-    _skip_unless_benchmarking(request, name)
+    _skip_unless_benchmarking(request, name, impl)
     num_q, num_g = DATASETS[name][:2]
     benchmark.group = f"evaluate_rank {device} {kind} distances [{num_q}, {num_g}] float32"
     distmat, label_arrays = distances(name, kind)
