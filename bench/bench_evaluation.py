@@ -57,16 +57,20 @@ def labels(name, seed=0):
 
 
 def features(name, dim, noise=0.95, seed=0):
-    """Clustered features: identity centre + camera offset + noise (unit-variance parts)."""
+    """Clustered features: identity centre + camera offset + noise (unit-variance parts) in 64
+    dimensions, mapped to `dim` by a fixed random projection (which keeps the distances'
+    structure, and so a trained model's figures, at any dimension)."""
     q_pids, g_pids, q_camids, g_camids = labels(name, seed)
     cameras = DATASETS[name][3]
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(int(g_pids.max()) + 1, dim, generator=generator)
-    offsets = 0.3 * torch.randn(cameras, dim, generator=generator)
+    centres = torch.randn(int(g_pids.max()) + 1, 64, generator=generator)
+    offsets = 0.3 * torch.randn(cameras, 64, generator=generator)
+    projection = torch.randn(64, dim, generator=generator) / dim**0.5 if dim != 64 else None
 
     def draw(pids, camids):
         pids, camids = torch.from_numpy(pids), torch.from_numpy(camids)
-        return centres[pids] + offsets[camids] + noise * torch.randn(pids.shape[0], dim, generator=generator)
+        x = centres[pids] + offsets[camids] + noise * torch.randn(pids.shape[0], 64, generator=generator)
+        return x if projection is None else x @ projection
 
     return draw(q_pids, q_camids), draw(g_pids, g_camids), (q_pids, g_pids, q_camids, g_camids)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reidfast.evaluation import evaluate, evaluate_rank, evaluate_rank_reference
-from reidfast.evaluation.rank import _cosine_distances
+from reidfast.evaluation.rank import _GalleryDistances
 from reidfast.ops import pairwise_distance
 
 
@@ -207,11 +207,11 @@ def test_evaluate_from_features_equals_distance_matrix(metric):
     if metric == "euclidean":
         distmat = pairwise_distance(queries, gallery)
     else:
-        distmat = _cosine_distances(gallery)(queries, gallery)
+        distmat = _GalleryDistances(gallery, "cosine", rows=70, memory_budget=2**30)(queries)
         cosine = torch.nn.functional.cosine_similarity(queries[:, None], gallery[None], dim=2)
         torch.testing.assert_close(distmat, 1 - cosine, rtol=0, atol=1e-6)
     expected = evaluate_rank(distmat, *labels, max_rank=20)
-    for chunking in (dict(chunk_size=9), dict(memory_budget=1), dict()):
+    for chunking in (dict(chunk_size=9), dict(memory_budget=2**14), dict()):  # 2**14: one query, 113 gallery columns
         got = evaluate(queries, gallery, *labels, metric=metric, max_rank=20, **chunking)
         np.testing.assert_allclose(got.all_ap, expected.all_ap, rtol=1e-12)
         np.testing.assert_array_equal(got.cmc, expected.cmc)

@@ -70,9 +70,6 @@ _BYTES_PER_ELEMENT = 24
 # Bytes per candidate of a slice: its row, distance, bucket and the temporaries of the bucket
 # arithmetic and indexing. A chunk's candidates are processed in slices of this size.
 _BYTES_PER_CANDIDATE = 80
-# Bytes per element of a distance chunk made from features: the chunk and the temporaries of the
-# GEMM-form distance (float32), which are freed before the ranking's memory is taken.
-_DISTANCE_BYTES_PER_ELEMENT = 16
 # Working memory of `evaluate` by default: chunks of 50+ queries against an MSMT17-size gallery,
 # enough for the matrix multiply to be bound by arithmetic, not by reading the gallery features
 # once per chunk.
@@ -232,33 +229,50 @@ def evaluate(
     num_q, num_g = queries.shape[0], gallery.shape[0]
     labels = _Labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, queries.device)
     _check_options(max_rank, ap, chunk_size, memory_budget)
-    distances = _cosine_distances(gallery) if metric == "cosine" else pairwise_distance
-    per_element = max(_BYTES_PER_ELEMENT + gallery.element_size(), _DISTANCE_BYTES_PER_ELEMENT)
+    per_element = _BYTES_PER_ELEMENT + gallery.element_size()  # the ranking's, and the block
     rows = chunk_size or _rows_per_chunk(num_g, per_element, memory_budget)
+    distances = _GalleryDistances(gallery, metric, rows, memory_budget)
     metrics = _Accumulator(num_q, max_rank, ap, queries.device)
     for start in range(0, num_q, rows):
-        chunk = distances(queries[start : start + rows], gallery)
+        chunk = distances(queries[start : start + rows])
         source = "query_features and gallery_features"
         metrics.add(start, *_match_ranks(chunk, labels, start, _slice_size(memory_budget), source))
         del chunk
     return metrics.result()
 
 
-def _cosine_distances(gallery: torch.Tensor):
-    """1 - cosine similarity against `gallery`, its inverse norms computed once (no normalised copy
-    of the gallery)."""
-    acc = torch.float64 if gallery.dtype == torch.float64 else torch.float32
-    inverse_norms = 1.0 / gallery.to(acc).norm(dim=1).clamp(min=1e-12)  # [G]
+class _GalleryDistances:
+    """[B, G] distance blocks of query chunks against the gallery, made gallery block by gallery
+    block so that the distance op's temporaries ([B, b] products, [b, D] squares) stay within a
+    quarter of the memory budget."""
 
-    def distances(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        queries = queries.to(acc)
-        query_inverse_norms = 1.0 / queries.norm(dim=1).clamp(min=1e-12)  # [B]
-        # The products first, then the scaling: a chunk's rows equal the full matrix's wherever
-        # the matrix multiply's rounding does not depend on the chunk's shape.
-        similarity = (queries @ gallery.to(acc).t()) * query_inverse_norms[:, None] * inverse_norms  # [B, G]
-        return (1.0 - similarity).to(gallery.dtype)
+    def __init__(self, gallery: torch.Tensor, metric: str, rows: int, memory_budget: int):
+        self.gallery, self.metric = gallery, metric
+        self.block = max(1, memory_budget // (4 * 4 * (gallery.shape[1] + 3 * rows)))
+        if metric == "cosine":
+            self.acc = torch.float64 if gallery.dtype == torch.float64 else torch.float32
+            self.inverse_norms = torch.cat([  # [G]
+                1.0 / part.to(self.acc).norm(dim=1).clamp(min=1e-12) for part in gallery.split(self.block)
+            ])
 
-    return distances
+    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+        out = queries.new_empty(queries.shape[0], self.gallery.shape[0])
+        if self.metric == "cosine":
+            queries = queries.to(self.acc)
+            query_inverse_norms = 1.0 / queries.norm(dim=1).clamp(min=1e-12)  # [B]
+        for first in range(0, self.gallery.shape[0], self.block):
+            part = self.gallery[first : first + self.block]
+            if self.metric == "euclidean":
+                out[:, first : first + self.block] = pairwise_distance(queries, part)
+            else:
+                # 1 - q.g / (|q| |g|): the products first, then the scaling, so that a chunk's rows
+                # equal the full matrix's wherever the matrix multiply's rounding does not depend on
+                # the chunk's shape.
+                similarity = queries @ part.to(self.acc).t()  # [B, b]
+                similarity *= query_inverse_norms[:, None]
+                similarity *= self.inverse_norms[first : first + self.block]
+                out[:, first : first + self.block] = 1.0 - similarity
+        return out
 
 
 class _Labels:
