@@ -44,6 +44,8 @@
 // products are summed in another order than the reference's matmul, so distances differ from it
 // by rounding, and a pair within rounding of a margin may fall on the other side of it. Shared
 // memory: about 37 KiB, static.
+#include "device_types.cuh"
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -545,25 +547,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-template <typename S>
-struct DeviceType {
-  using type = S;
-};
-template <>
-struct DeviceType<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-#define REIDFAST_AM_DISPATCH_GPU_FLOATS(TYPE, NAME, ...)               \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)      \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
     const at::Tensor& x_in, const at::Tensor& labels_in, double mu, double gamma,
     c10::string_view reduction, bool compute_grad) {
@@ -630,7 +613,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
   MarginState* state_ptr = reinterpret_cast<MarginState*>(state.mutable_data_ptr<uint8_t>());
 
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  REIDFAST_AM_DISPATCH_GPU_FLOATS(dtype, "adaptive_margin_forward_cuda", [&] {
+  REIDFAST_DISPATCH_GPU_FLOATS(dtype, "adaptive_margin_forward_cuda", [&] {
     using T = typename DeviceType<scalar_t>::type;
     const T* x_ptr = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();

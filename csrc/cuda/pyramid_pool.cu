@@ -33,6 +33,7 @@
 // H * W < 2**31 (the argmax is int32). Other layouts than contiguous / channels_last are made
 // contiguous first. Shared memory stays within the 48 KiB every architecture grants without opt-in.
 #include "../pyramid_pool.h"
+#include "device_types.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -484,12 +485,6 @@ void with_variant(bool channels_last, const void* data, int64_t positions, F&& f
     f(LayoutTag<Layout::kContiguous>{}, VecTag<1>{});
   }
 }
-
-#define REIDFAST_DISPATCH_GPU_FLOATS(TYPE, NAME, ...)                  \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)      \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 void check_cuda_dtype(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() != at::kDouble, "pyramid_pool (CUDA): ", name,

@@ -49,6 +49,8 @@
 // says. Shared memory: 36 KiB, static.
 #include "../triplet_select.h"
 
+#include "device_types.cuh"
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -622,25 +624,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
-
-template <typename S>
-struct DeviceType {
-  using type = S;
-};
-template <>
-struct DeviceType<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-#define REIDFAST_DISPATCH_GPU_FLOATS(TYPE, NAME, ...)                  \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)      \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 bool rows_aligned(const at::Tensor& t) {
   const int64_t row_bytes = t.size(1) * static_cast<int64_t>(t.element_size());
