@@ -39,6 +39,21 @@ def squared_norms(x_rows, stride_d, D, EVEN_D: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
+def row_block(
+    first_row, N, x_ptr, stride_xn, stride_xd, labels_ptr, stride_l, D,
+    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Rows [first_row, first_row + BLOCK_N) of x: (rows, the rows clamped to N - 1 as int64,
+    pointers to their starts [BLOCK_N, 1], their labels, their float32 squared norms). Loads use
+    the clamped rows, so they need no row mask; callers mask their results with rows < N."""
+    rows = first_row + tl.arange(0, BLOCK_N)
+    rows_in = tl.minimum(rows, N - 1).to(tl.int64)
+    x_rows = x_ptr + rows_in[:, None] * stride_xn
+    labels = tl.load(labels_ptr + rows_in * stride_l)
+    return rows, rows_in, x_rows, labels, squared_norms(x_rows, stride_xd, D, EVEN_D, BLOCK_N, BLOCK_D)
+
+
+@triton.jit
 def dot_tile(
     x_rows,
     r_rows,

@@ -93,7 +93,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, squared_norms
+from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, row_block
 from reidfast.kernels._launch import Launch, run_launch
 
 # Tiles per dtype: (rows = columns of a pair tile, D per dot step, gradient columns per step, warps).
@@ -139,11 +139,9 @@ def _pair_tiles_kernel(
     split = tl.program_id(1)
     num_parts = tl.num_programs(0) * tl.num_programs(1)
     part = pid_n * tl.num_programs(1) + split
-    rows = pid_n * BLOCK + tl.arange(0, BLOCK)
-    rows_in = tl.minimum(rows, N - 1).to(tl.int64)
-    x_rows = x_ptr + rows_in[:, None] * stride_xn
-    row_labels = tl.load(labels_ptr + rows_in * stride_l)
-    x_sq = squared_norms(x_rows, stride_xd, D, EVEN_D, BLOCK, BLOCK_D)
+    rows, rows_in, x_rows, row_labels, x_sq = row_block(
+        pid_n * BLOCK, N, x_ptr, stride_xn, stride_xd, labels_ptr, stride_l, D, EVEN_D, BLOCK, BLOCK_D
+    )
     if HINGE:
         mp = tl.load(margins_ptr)
         mn = tl.load(margins_ptr + 1)
@@ -337,12 +335,10 @@ def _hinge_grad_kernel(
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, rows_in, x_rows, row_labels, x_sq = row_block(
+        pid_n * BLOCK_N, N, x_ptr, stride_xn, stride_xd, labels_ptr, stride_l, D, EVEN_D, BLOCK_N, BLOCK_D
+    )
     row_ok = rows < N
-    rows_in = tl.minimum(rows, N - 1).to(tl.int64)
-    x_rows = x_ptr + rows_in[:, None] * stride_xn
-    row_labels = tl.load(labels_ptr + rows_in * stride_l)
-    x_sq = squared_norms(x_rows, stride_xd, D, EVEN_D, BLOCK_N, BLOCK_D)
     mp = tl.load(margins_ptr)
     mn = tl.load(margins_ptr + 1)
     pos_scale = tl.load(scales_ptr).to(tl.float32)

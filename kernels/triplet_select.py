@@ -76,7 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, squared_norms
+from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, row_block
 from reidfast.kernels._launch import Launch, run_launch
 
 _MAX_RANK = 32
@@ -211,12 +211,10 @@ def _triplet_select_kernel(
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, _, x_rows, anchor_labels, x_sq = row_block(
+        pid_n * BLOCK_N, N, x_ptr, stride_xn, stride_xd, labels_ptr, stride_l, D, EVEN_D, BLOCK_N, BLOCK_D
+    )
     row_ok = rows < N
-    rows_in = tl.minimum(rows, N - 1).to(tl.int64)
-    x_rows = x_ptr + rows_in[:, None] * stride_xn
-    anchor_labels = tl.load(labels_ptr + rows_in * stride_l)
-    x_sq = squared_norms(x_rows, stride_xd, D, EVEN_D, BLOCK_N, BLOCK_D)
 
     pos, pos_threshold = _init_list(BLOCK_N, K_WIDTH, K)
     neg, neg_threshold = _init_list(BLOCK_N, P_WIDTH, P)
