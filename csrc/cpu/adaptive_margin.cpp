@@ -94,12 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
   const auto squared_distance = [&](const acc_t* dots_row, int64_t i, int64_t j, int64_t c) {
     return std::max<double>(norm[i] + norm[j] - acc_t(2) * dots_row[c], kDistanceEps);
   };
-  at::Tensor cache;
-
-  // Pass 1: sums and counts of the positive and negative pairs' squared distances.
-  std::vector<double> pos_sum(n, 0), neg_sum(n, 0);
-  std::vector<int64_t> pos_count(n, 0);
-  for_each_tile(x, cache, [&](const Tile& t, const at::Tensor& dots) {
+  // Calls visit(r, c, i, j, D_ij) for each pair i < j of tile t (tile row r, tile column c),
+  // rows in parallel (each row i is visited by one thread).
+  const auto for_each_pair = [&](const Tile& t, const at::Tensor& dots, const auto& visit) {
     const acc_t* dots_ptr = dots.const_data_ptr<acc_t>();
     const int64_t stride = dots.stride(0);
     at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
@@ -108,15 +105,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
         const int64_t i = t.row_begin + r;
         const acc_t* row = dots_ptr + r * stride;
         for (int64_t c = std::max<int64_t>(0, i + 1 - t.col_begin); c < t.cols; ++c) {
-          const int64_t j = t.col_begin + c;
-          const double d = squared_distance(row, i, j, c);
-          if (label[i] == label[j]) {
-            pos_sum[i] += d;
-            ++pos_count[i];
-          } else {
-            neg_sum[i] += d;
-          }
+          visit(r, c, i, t.col_begin + c, squared_distance(row, i, t.col_begin + c, c));
         }
+      }
+    });
+  };
+  at::Tensor cache;
+
+  // Pass 1: sums and counts of the positive and negative pairs' squared distances.
+  std::vector<double> pos_sum(n, 0), neg_sum(n, 0);
+  std::vector<int64_t> pos_count(n, 0);
+  for_each_tile(x, cache, [&](const Tile& t, const at::Tensor& dots) {
+    for_each_pair(t, dots, [&](int64_t, int64_t, int64_t i, int64_t j, double d) {
+      if (label[i] == label[j]) {
+        pos_sum[i] += d;
+        ++pos_count[i];
+      } else {
+        neg_sum[i] += d;
       }
     });
   });
@@ -146,32 +151,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
   at::Tensor grad = compute_grad ? at::zeros(x.sizes(), x.options()) : at::empty({0, x.size(1)}, x.options());
   at::Tensor slopes;
   for_each_tile(x, cache, [&](const Tile& t, const at::Tensor& dots) {
-    const acc_t* dots_ptr = dots.const_data_ptr<acc_t>();
-    const int64_t stride = dots.stride(0);
     if (compute_grad) slopes = at::zeros({t.rows, t.cols}, x.options());
     acc_t* slope_ptr = compute_grad ? slopes.mutable_data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = balanced_row(task, t.rows);
-        const int64_t i = t.row_begin + r;
-        const acc_t* row = dots_ptr + r * stride;
-        for (int64_t c = std::max<int64_t>(0, i + 1 - t.col_begin); c < t.cols; ++c) {
-          const int64_t j = t.col_begin + c;
-          const acc_t dist = static_cast<acc_t>(squared_distance(row, i, j, c));
-          acc_t slope = 0;
-          if (label[i] == label[j]) {
-            if (dist > mp_acc) {
-              pos_terms[i] += static_cast<double>(dist - mp_acc);
-              slope = static_cast<acc_t>(pos_scale);
-            }
-          } else if (mn_acc > dist) {
-            neg_terms[i] += static_cast<double>(mn_acc - dist);
-            slope = static_cast<acc_t>(-neg_scale);
-          }
-          // A clamped distance has no gradient, as the clamp's.
-          if (slope_ptr != nullptr && dist > acc_t(kDistanceEps)) slope_ptr[r * t.cols + c] = slope;
+    for_each_pair(t, dots, [&](int64_t r, int64_t c, int64_t i, int64_t j, double d) {
+      const acc_t dist = static_cast<acc_t>(d);
+      acc_t slope = 0;
+      if (label[i] == label[j]) {
+        if (dist > mp_acc) {
+          pos_terms[i] += static_cast<double>(dist - mp_acc);
+          slope = static_cast<acc_t>(pos_scale);
         }
+      } else if (mn_acc > dist) {
+        neg_terms[i] += static_cast<double>(mn_acc - dist);
+        slope = static_cast<acc_t>(-neg_scale);
       }
+      // A clamped distance has no gradient, as the clamp's.
+      if (slope_ptr != nullptr && dist > acc_t(kDistanceEps)) slope_ptr[r * t.cols + c] = slope;
     });
     if (compute_grad) {
       const at::Tensor x_rows = x.narrow(0, t.row_begin, t.rows);
