@@ -152,6 +152,23 @@ def test_gradient_by_finite_differences(backend, reduction):
         assert (grad * direction).sum().item() == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.parametrize("backend", FUSED)
+def test_backward_scales_accumulates_and_retains(backend):
+    """The upstream gradient scales the kept one; with a retained graph a second backward gives
+    the same gradient again (accumulated into x.grad), so the kept gradient is never consumed."""
+    generator = torch.Generator().manual_seed(6)
+    x, labels = make_batch(11, 5, 3, generator)
+    x.requires_grad_(True)
+    (expected,) = torch.autograd.grad(adaptive_margin_loss_reference(x, labels), x)
+    loss = adaptive_margin_loss(x, labels, backend=backend)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-7)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, 2 * expected, rtol=1e-5, atol=1e-7)
+    (2.5 * loss).backward()
+    torch.testing.assert_close(x.grad, 4.5 * expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.skipif(not FUSED_CPU, reason="the extension is not built")
 @pytest.mark.parametrize("compute_grad", (True, False))
 def test_opcheck(compute_grad):

@@ -2,33 +2,37 @@
 //
 // Design. The pairs i < j are visited in tiles of the distance matrix's upper triangle: a block of
 // anchor rows [r0, r0 + rows) against the columns [c0, c0 + cols), c0 >= r0, at most kTileElements
-// distances, their dot products from one matrix multiply (at::mm_out, with all of ATen's threads).
-// Two passes:
-//   1. per row (at::parallel_for over a tile's rows): the sums and counts of the positive and
-//      negative pairs' squared distances, in double, kept per row and added in row order, so the
-//      result does not depend on the thread count;
-//   2. with the margins fixed: each pair's hinge term and its slope w = dL/dD (1 or 0 for a
-//      positive pair, -1 or 0 for a negative one, times the reduction's scale), the terms summed
-//      per row as in pass 1. When the gradient is asked for, the tile's slopes W give, with
-//      dD_ij/dx_i = 2 (x_i - x_j): grad x_rows += 2 (rowsum(W) x_rows - W x_cols) and
-//      grad x_cols += 2 (colsum(W) x_cols - W^T x_rows): two more matrix multiplies per tile.
-// When the whole triangle is one tile (N^2 <= kTileElements), pass 2 reuses pass 1's products.
+// distances, their dot products from matrix multiplies (at::mm_out, with all of ATen's threads).
+// Two passes, rows in parallel (at::parallel_for over a tile's rows):
+//   1. the sums and counts of the positive and negative pairs' squared distances;
+//   2. with the margins fixed: each pair's hinge term and, when the gradient is asked for, its
+//      coefficient T_ij = -2 w_ij, with w_ij = dL/dD_ij (the reduction's scale, signed, for a pair
+//      inside its hinge, else 0), written over the tile's products, which are not read again.
+// Per row, the pair loops run on vector lanes (see Lanes) over chunks of kChunk columns, each
+// chunk's lanes added in order into double: the result does not depend on the thread count.
+// With dD_ij/dx_i = 2 (x_i - x_j) the gradient is
+//   grad x_i = sum_j T_ij x_j - (sum_j T_ij) x_i    over the symmetric T (j != i),
+// so when the whole triangle is one tile (N^2 <= kTileElements, every usual batch) T is mirrored
+// into the lower triangle with -rowsum(T) on the diagonal and grad x = T x is one matrix multiply;
+// the triangle's products come from row strips (rows [r0, r0 + h) against columns [r0, N)), part
+// of the full product's work (3/4 of it with two strips). Larger batches accumulate per tile:
+//   grad x_rows += T x_cols - rowsum(T) x_rows,   grad x_cols += T^T x_rows - colsum(T) x_cols.
 // Half-precision inputs are converted to float32 once; float64 stays float64.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
-#include <ATen/ops/pow.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
+#include <iterator>
 #include <cmath>
 #include <functional>
 #include <tuple>
@@ -41,18 +45,35 @@ namespace {
 // the multiply that writes them and the pass that reads them.
 constexpr int64_t kTileElements = int64_t(1) << 21;
 constexpr double kDistanceEps = 1e-12;
+constexpr int64_t kChunk = 256;
+// Row strips of the single-tile triangle product: at least kMinStripRows rows (smaller products
+// lose more to the multiply's overheads than the skipped half saves), at most kMaxStrips strips.
+constexpr int64_t kMinStripRows = 128;
+constexpr int64_t kMaxStrips = 8;
+
+// Whether the triangle of an N-row batch is one tile (every usual batch: N <= 1448).
+inline bool is_single_tile(int64_t n) { return n * n <= kTileElements; }
 
 struct Tile {
   int64_t row_begin, rows, col_begin, cols;
 };
 
 // Calls visit(tile, dots) for the tiles covering the pairs i < j; dots [rows, cols] holds
-// x_rows . x_cols^T. `cache` keeps the products of a single-tile triangle for a second visit.
+// x_rows . x_cols^T on and above the diagonal i = j (a single tile's lower triangle is not
+// computed). `cache` keeps the products of a single-tile triangle for a second visit.
 void for_each_tile(const at::Tensor& x, at::Tensor& cache,
                    const std::function<void(const Tile&, const at::Tensor&)>& visit) {
   const int64_t n = x.size(0);
-  if (n * n <= kTileElements) {
-    if (!cache.defined()) cache = at::mm(x, x.t());
+  if (is_single_tile(n)) {
+    if (!cache.defined()) {
+      cache = at::empty({n, n}, x.options());
+      const int64_t strip = std::max(kMinStripRows, (n + kMaxStrips - 1) / kMaxStrips);
+      for (int64_t row_begin = 0; row_begin < n; row_begin += strip) {
+        const int64_t rows = std::min(strip, n - row_begin);
+        at::Tensor out = cache.narrow(0, row_begin, rows).narrow(1, row_begin, n - row_begin);
+        at::mm_out(out, x.narrow(0, row_begin, rows), x.narrow(0, row_begin, n - row_begin).t());
+      }
+    }
     visit(Tile{0, n, 0, n}, cache);
     return;
   }
@@ -82,52 +103,235 @@ double ordered_sum(const std::vector<double>& per_row) {
   return total;
 }
 
+// Lanes of the pair loops: GCC/Clang vector types of 16 bytes (SSE2 on x86-64, NEON on Arm: the
+// baseline the extension is built for), with an integer mask type of the same width. Identities
+// are dense ids of the mask's element width, so a comparison of ids is a lane mask; hinges and sign
+// choices are selects, not branches (the hinge of a negative pair is data-dependent, so a branch
+// would mispredict about half the time).
+template <typename acc_t>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  using Value = float __attribute__((vector_size(16)));
+  using Mask = int32_t __attribute__((vector_size(16)));
+  using Id = int32_t;
+};
+template <>
+struct Lanes<double> {
+  using Value = double __attribute__((vector_size(16)));
+  using Mask = int64_t __attribute__((vector_size(16)));
+  using Id = int64_t;
+};
+
+template <typename acc_t>
+constexpr int64_t kWidth = sizeof(typename Lanes<acc_t>::Value) / sizeof(acc_t);
+
+template <typename Mask, typename Value>
+inline Value select(Mask mask, Value a, Value b) {
+  return reinterpret_cast<Value>((mask & reinterpret_cast<Mask>(a)) | (~mask & reinterpret_cast<Mask>(b)));
+}
+
+// `count` (<= the vector's width) elements from `data`, the other lanes `fill`.
+template <typename Vector, typename T>
+inline Vector load_lanes(const T* data, int64_t count, T fill) {
+  Vector v;
+  if (count * static_cast<int64_t>(sizeof(T)) == static_cast<int64_t>(sizeof(Vector))) {
+    std::memcpy(&v, data, sizeof(Vector));
+    return v;
+  }
+  T lanes[sizeof(Vector) / sizeof(T)];
+  std::fill(std::begin(lanes), std::end(lanes), fill);
+  std::copy_n(data, count, lanes);
+  std::memcpy(&v, lanes, sizeof(Vector));
+  return v;
+}
+
+// Identities as dense ids 0 .. #identities - 1 (in label order).
+template <typename Id>
+std::vector<Id> dense_identities(const at::Tensor& labels) {
+  const int64_t n = labels.size(0);
+  const int64_t* label = labels.const_data_ptr<int64_t>();
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return label[a] < label[b]; });
+  std::vector<Id> ids(n);
+  Id id = -1;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k == 0 || label[order[k]] != label[order[k - 1]]) ++id;
+    ids[order[k]] = id;
+  }
+  return ids;
+}
+
+// The pairs (i, j) of one row of a tile, j in [first, first + count): the anchor's squared norm
+// and identity, and for each j its squared norm, identity and product x_i . x_j.
+template <typename acc_t>
+struct RowPairs {
+  using L = Lanes<acc_t>;
+  acc_t norm_i;
+  typename L::Id id_i;
+  const acc_t* norm_j;
+  const typename L::Id* id_j;
+  acc_t* dots;  // pass 2 writes the coefficients T_ij over the products
+  int64_t count;
+
+  // The lanes [c, c + width) of the row: D_ij = max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, eps) (NaN
+  // kept), whether the pair is positive, and which lanes are pairs of the row at all.
+  struct Block {
+    typename L::Value distance;
+    typename L::Mask same, valid;
+    int64_t lanes;
+  };
+  Block block(int64_t c) const {
+    using Value = typename L::Value;
+    using Mask = typename L::Mask;
+    const int64_t lanes = std::min(kWidth<acc_t>, count - c);
+    const Value square = norm_i + load_lanes<Value>(norm_j + c, lanes, acc_t(0)) -
+                         acc_t(2) * load_lanes<Value>(dots + c, lanes, acc_t(0));
+    const Value eps = Value{} + acc_t(kDistanceEps);
+    const Mask ids = load_lanes<Mask>(id_j + c, lanes, typename L::Id(-1));
+    Mask valid;
+    for (int64_t lane = 0; lane < kWidth<acc_t>; ++lane) valid[lane] = lane < lanes ? -1 : 0;
+    return {select(square < eps, eps, square), ids == id_i, valid, lanes};
+  }
+};
+
+// Adds the lanes in order into `total` and resets them: per chunk of kChunk columns, so that the
+// lanes stay accurate and the result does not depend on the thread count.
+template <typename Value>
+inline void fold_lanes(Value& lanes, double& total) {
+  for (int64_t lane = 0; lane < static_cast<int64_t>(sizeof(Value) / sizeof(lanes[0])); ++lane) {
+    total += lanes[lane];
+  }
+  lanes = Value{};
+}
+
+// Pass 1 on one row: sum of the positive pairs' distances, their count, sum of the negatives'.
+template <typename acc_t>
+void row_sums(const RowPairs<acc_t>& row, double& pos_sum, double& pos_count, double& neg_sum) {
+  using Value = typename Lanes<acc_t>::Value;
+  const Value zero{}, one = zero + acc_t(1);
+  Value pos{}, neg{}, same_count{};  // chunk counts (<= kChunk) are exact in the lanes
+  for (int64_t chunk = 0; chunk < row.count; chunk += kChunk) {
+    for (int64_t c = chunk; c < std::min(row.count, chunk + kChunk); c += kWidth<acc_t>) {
+      const auto b = row.block(c);
+      pos += select(b.same & b.valid, b.distance, zero);
+      neg += select(~b.same & b.valid, b.distance, zero);
+      same_count += select(b.same & b.valid, one, zero);
+    }
+    fold_lanes(pos, pos_sum);
+    fold_lanes(neg, neg_sum);
+    fold_lanes(same_count, pos_count);
+  }
+}
+
+// Pass 2 on one row: the positive and negative hinge terms; with kWrite, T_ij over the products.
+template <bool kWrite, typename acc_t>
+void row_terms(const RowPairs<acc_t>& row, acc_t mp, acc_t mn, acc_t pos_coef, acc_t neg_coef,
+               double& pos_terms, double& neg_terms) {
+  using Value = typename Lanes<acc_t>::Value;
+  const Value zero{}, eps = zero + acc_t(kDistanceEps);
+  Value pos{}, neg{};
+  for (int64_t chunk = 0; chunk < row.count; chunk += kChunk) {
+    for (int64_t c = chunk; c < std::min(row.count, chunk + kChunk); c += kWidth<acc_t>) {
+      const auto b = row.block(c);
+      const auto pos_active = b.same & b.valid & (b.distance > mp);
+      const auto neg_active = ~b.same & b.valid & (mn > b.distance);
+      pos += select(pos_active, b.distance - mp, zero);
+      neg += select(neg_active, mn - b.distance, zero);
+      if constexpr (kWrite) {
+        // A clamped distance has no gradient, as the clamp's.
+        const Value hinge_coef = select(pos_active, zero + pos_coef, select(neg_active, zero + neg_coef, zero));
+        const Value coef = select(b.distance > eps, hinge_coef, zero);
+        acc_t lanes[kWidth<acc_t>];
+        std::memcpy(lanes, &coef, sizeof(coef));
+        std::copy_n(lanes, b.lanes, row.dots + c);
+      }
+    }
+    fold_lanes(pos, pos_terms);
+    fold_lanes(neg, neg_terms);
+  }
+}
+
+template <typename acc_t>
+at::Tensor squared_norms(const at::Tensor& x) {
+  const int64_t n = x.size(0), dim = x.size(1);
+  at::Tensor norms = at::empty({n}, x.options());
+  const acc_t* data = x.const_data_ptr<acc_t>();
+  acc_t* out = norms.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      using Value = typename Lanes<acc_t>::Value;
+      const acc_t* row = data + i * dim;
+      Value lanes{};
+      for (int64_t k = 0; k < dim; k += kWidth<acc_t>) {
+        const Value v = load_lanes<Value>(row + k, std::min(kWidth<acc_t>, dim - k), acc_t(0));
+        lanes += v * v;
+      }
+      double total = 0;
+      fold_lanes(lanes, total);
+      out[i] = static_cast<acc_t>(total);
+    }
+  });
+  return norms;
+}
+
+// Mirrors the single tile's coefficients T (upper triangle) into the lower triangle and puts
+// -rowsum(T) on the diagonal, so that grad x = T x.
+template <typename acc_t>
+void symmetrize_with_diagonal(at::Tensor& coefficients) {
+  const int64_t n = coefficients.size(0);
+  acc_t* t = coefficients.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      acc_t* row = t + j * n;
+      acc_t total = 0;
+      for (int64_t i = 0; i < j; ++i) {
+        row[i] = t[i * n + j];
+        total += row[i];
+      }
+      for (int64_t i = j + 1; i < n; ++i) total += row[i];
+      row[j] = -total;
+    }
+  });
+}
+
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
     const at::Tensor& x, const at::Tensor& labels_in, double mu, double gamma,
     c10::string_view reduction, bool compute_grad) {
   const int64_t n = x.size(0);
-  const at::Tensor norms = x.pow(2).sum(1);
-  const at::Tensor labels = labels_in.contiguous();
+  const at::Tensor norms = squared_norms<acc_t>(x);
+  using Id = typename Lanes<acc_t>::Id;
+  const std::vector<Id> ids = dense_identities<Id>(labels_in.contiguous());
   const acc_t* norm = norms.const_data_ptr<acc_t>();
-  const int64_t* label = labels.const_data_ptr<int64_t>();
-  const auto squared_distance = [&](const acc_t* dots_row, int64_t i, int64_t j, int64_t c) {
-    return std::max<double>(norm[i] + norm[j] - acc_t(2) * dots_row[c], kDistanceEps);
-  };
-  // Calls visit(r, c, i, j, D_ij) for each pair i < j of tile t (tile row r, tile column c),
-  // rows in parallel (each row i is visited by one thread).
-  const auto for_each_pair = [&](const Tile& t, const at::Tensor& dots, const auto& visit) {
-    const acc_t* dots_ptr = dots.const_data_ptr<acc_t>();
+  const Id* id = ids.data();
+  // Calls visit(i, pairs) for each row i of tile t with its pairs i < j, rows in parallel.
+  const auto for_each_row = [&](const Tile& t, const at::Tensor& dots, const auto& visit) {
+    acc_t* dots_ptr = dots.mutable_data_ptr<acc_t>();
     const int64_t stride = dots.stride(0);
     at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = balanced_row(task, t.rows);
         const int64_t i = t.row_begin + r;
-        const acc_t* row = dots_ptr + r * stride;
-        for (int64_t c = std::max<int64_t>(0, i + 1 - t.col_begin); c < t.cols; ++c) {
-          visit(r, c, i, t.col_begin + c, squared_distance(row, i, t.col_begin + c, c));
-        }
+        const int64_t first = std::max<int64_t>(0, i + 1 - t.col_begin);
+        visit(i, r, first,
+              RowPairs<acc_t>{norm[i], id[i], norm + t.col_begin + first, id + t.col_begin + first,
+                              dots_ptr + r * stride + first, t.cols - first});
       }
     });
   };
   at::Tensor cache;
 
   // Pass 1: sums and counts of the positive and negative pairs' squared distances.
-  std::vector<double> pos_sum(n, 0), neg_sum(n, 0);
-  std::vector<int64_t> pos_count(n, 0);
+  std::vector<double> pos_sum(n, 0), neg_sum(n, 0), pos_count(n, 0);
   for_each_tile(x, cache, [&](const Tile& t, const at::Tensor& dots) {
-    for_each_pair(t, dots, [&](int64_t, int64_t, int64_t i, int64_t j, double d) {
-      if (label[i] == label[j]) {
-        pos_sum[i] += d;
-        ++pos_count[i];
-      } else {
-        neg_sum[i] += d;
-      }
+    for_each_row(t, dots, [&](int64_t i, int64_t, int64_t, const RowPairs<acc_t>& row) {
+      row_sums(row, pos_sum[i], pos_count[i], neg_sum[i]);
     });
   });
   const int64_t num_pairs = n * (n - 1) / 2;
-  int64_t num_pos = 0;
-  for (const int64_t c : pos_count) num_pos += c;
+  const auto num_pos = static_cast<int64_t>(ordered_sum(pos_count));
   const int64_t num_neg = num_pairs - num_pos;
   TORCH_CHECK_VALUE(num_pos > 0 && num_neg > 0,
                     "adaptive_margin_loss: the batch needs a positive and a negative pair, got ",
@@ -146,42 +350,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
   }
 
   // Pass 2: hinge terms and, when asked, the gradient.
-  const acc_t mp_acc = static_cast<acc_t>(mp), mn_acc = static_cast<acc_t>(mn);
+  const acc_t pos_coef = static_cast<acc_t>(-2 * pos_scale), neg_coef = static_cast<acc_t>(2 * neg_scale);
   std::vector<double> pos_terms(n, 0), neg_terms(n, 0);
-  at::Tensor grad = compute_grad ? at::zeros(x.sizes(), x.options()) : at::empty({0, x.size(1)}, x.options());
-  at::Tensor slopes;
+  const bool single_tile = is_single_tile(n);
+  at::Tensor grad = !compute_grad ? at::empty({0, x.size(1)}, x.options())
+                    : single_tile ? at::empty(x.sizes(), x.options())
+                                  : at::zeros(x.sizes(), x.options());
   for_each_tile(x, cache, [&](const Tile& t, const at::Tensor& dots) {
-    if (compute_grad) slopes = at::zeros({t.rows, t.cols}, x.options());
-    acc_t* slope_ptr = compute_grad ? slopes.mutable_data_ptr<acc_t>() : nullptr;
-    for_each_pair(t, dots, [&](int64_t r, int64_t c, int64_t i, int64_t j, double d) {
-      const acc_t dist = static_cast<acc_t>(d);
-      acc_t slope = 0;
-      if (label[i] == label[j]) {
-        if (dist > mp_acc) {
-          pos_terms[i] += static_cast<double>(dist - mp_acc);
-          slope = static_cast<acc_t>(pos_scale);
-        }
-      } else if (mn_acc > dist) {
-        neg_terms[i] += static_cast<double>(mn_acc - dist);
-        slope = static_cast<acc_t>(-neg_scale);
-      }
-      // A clamped distance has no gradient, as the clamp's.
-      if (slope_ptr != nullptr && dist > acc_t(kDistanceEps)) slope_ptr[r * t.cols + c] = slope;
-    });
-    if (compute_grad) {
-      const at::Tensor x_rows = x.narrow(0, t.row_begin, t.rows);
-      const at::Tensor x_cols = x.narrow(0, t.col_begin, t.cols);
-      at::Tensor grad_rows = grad.narrow(0, t.row_begin, t.rows);
-      if (t.row_begin == t.col_begin && t.rows == t.cols) {
-        // The whole triangle in one tile: with the symmetric slopes W + W^T, one product.
-        const at::Tensor symmetric = slopes.add(slopes.t());
-        grad_rows.add_(x_rows.mul(symmetric.sum(1, true)), 2).addmm_(symmetric, x_cols, 1, -2);
+    for_each_row(t, dots, [&](int64_t i, int64_t r, int64_t first, const RowPairs<acc_t>& row) {
+      const acc_t mp_acc = static_cast<acc_t>(mp), mn_acc = static_cast<acc_t>(mn);
+      if (compute_grad) {
+        row_terms<true>(row, mp_acc, mn_acc, pos_coef, neg_coef, pos_terms[i], neg_terms[i]);
       } else {
-        grad_rows.add_(x_rows.mul(slopes.sum(1, true)), 2).addmm_(slopes, x_cols, 1, -2);
-        at::Tensor grad_cols = grad.narrow(0, t.col_begin, t.cols);
-        grad_cols.add_(x_cols.mul(slopes.sum(0).unsqueeze(1)), 2).addmm_(slopes.t(), x_rows, 1, -2);
+        row_terms<false>(row, mp_acc, mn_acc, pos_coef, neg_coef, pos_terms[i], neg_terms[i]);
       }
+      // A rectangular tile's entries left of the diagonal are not pairs: no coefficient.
+      if (compute_grad && !single_tile) std::fill_n(row.dots - first, first, acc_t(0));
+    });
+    if (!compute_grad) return;
+    at::Tensor coefficients = dots;
+    if (single_tile) {
+      symmetrize_with_diagonal<acc_t>(coefficients);
+      at::mm_out(grad, coefficients, x);
+      return;
     }
+    const at::Tensor x_rows = x.narrow(0, t.row_begin, t.rows);
+    const at::Tensor x_cols = x.narrow(0, t.col_begin, t.cols);
+    at::Tensor grad_rows = grad.narrow(0, t.row_begin, t.rows);
+    at::Tensor grad_cols = grad.narrow(0, t.col_begin, t.cols);
+    grad_rows.addmm_(coefficients, x_cols).sub_(x_rows.mul(coefficients.sum(1, true)));
+    grad_cols.addmm_(coefficients.t(), x_rows).sub_(x_cols.mul(coefficients.sum(0).unsqueeze(1)));
   });
   const double loss = pos_scale * ordered_sum(pos_terms) + neg_scale * ordered_sum(neg_terms);
   at::Tensor loss_out = at::empty({}, x.options());

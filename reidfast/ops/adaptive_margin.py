@@ -84,7 +84,7 @@ def adaptive_margin_loss(
             raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
         compute_grad = torch.is_grad_enabled() and x.requires_grad
         loss, margin_values, _ = _FORWARD_OPS[name](x, labels, float(mu), float(gamma), reduction, compute_grad)
-        margins = AdaptiveMargins(*margin_values.unbind())
+        margins = AdaptiveMargins(*margin_values.unbind()) if return_margins else None
     loss = loss.to(x.dtype)
     return (loss, margins) if return_margins else loss
 
@@ -179,6 +179,11 @@ def _register(forward_op) -> None:
                 "gradient; call the op with compute_grad=True when x needs a gradient"
             )
         (grad_x,) = ctx.saved_tensors
+        # loss.backward()'s unit gradient, on eager CPU tensors (traced ones are tensor subclasses
+        # whose value is unknown): the kept gradient is the result, without a copy (autograd hands
+        # it to x.grad, or clones it when the graph is retained).
+        if type(grad_loss) is torch.Tensor and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+            return grad_x, None, None, None, None, None
         return grad_x * grad_loss.to(grad_x.dtype), None, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
