@@ -44,3 +44,9 @@ def check_labels(name: str, labels, count: int, count_name: str, device) -> None
         raise ValueError(f"{name} must hold {count_name}={count} labels, got {labels.shape[0]}")
     if labels.device != device:
         raise ValueError(f"{name} must be on the embeddings' device {device}, got {labels.device}")
+
+
+def check_bool(name: str, value) -> None:
+    """`value` is a bool (a flag that 0, 1 or None would set by accident)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
