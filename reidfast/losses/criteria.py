@@ -139,7 +139,8 @@ class PyramidCriterion(Criterion):
     sampled one.
 
     Before drawing each batch, a training loop reads `criterion.sampling` ("random" or "identity")
-    and draws the batch with that sampler. The weighting's state is in this module's buffers:
+    and draws the batch with that sampler (identity: reidfast.training.IdentityBatchSampler, 8
+    identities x 8 images in the paper; random: torch's BatchSampler over a RandomSampler). The weighting's state is in this module's buffers:
     save and load the criterion's state_dict with the model's to resume training exactly.
 
     Options:
