@@ -3,6 +3,7 @@ architecture, gradients, torchreid checkpoint layout, ONNX export, bad input."""
 
 import pytest
 import torch
+from onnx_parity import check_onnx_parity
 
 from reidfast.models.adaptive_margin_net import AdaptiveMarginNet
 from reidfast.models.osnet import OSNet, osnet_x1_0
@@ -380,24 +381,6 @@ def test_osnet_weights_file_errors(tmp_path):
 # ---- ONNX export ----
 
 
-def export_and_compare(model, example, tmp_path, batches):
-    onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    path = tmp_path / "model.onnx"
-    torch.onnx.export(
-        model, (example,), str(path), dynamo=True, external_data=False,
-        input_names=["images"], output_names=["embedding"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-    )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch in batches:
-        x = torch.randn(batch, *example.shape[1:])
-        (onnx_out,) = session.run(None, {"images": x.numpy()})
-        with torch.no_grad():
-            expected = model(x)
-        torch.testing.assert_close(torch.from_numpy(onnx_out), expected, rtol=1e-4, atol=1e-4)
-
-
 def test_plr_osnet_onnx_export_matches_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = PLROSNet(10)
@@ -409,7 +392,7 @@ def test_plr_osnet_onnx_export_matches_onnxruntime(tmp_path):
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
-    export_and_compare(model.eval(), torch.randn(2, 3, 256, 128), tmp_path, batches=(1, 3))
+    check_onnx_parity(model.eval(), torch.randn(2, 3, 256, 128), tmp_path, "images", ["embedding"])
 
 
 def test_adaptive_margin_onnx_export_matches_onnxruntime(tmp_path):
@@ -420,7 +403,7 @@ def test_adaptive_margin_onnx_export_matches_onnxruntime(tmp_path):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
-    export_and_compare(model.eval(), torch.randn(2, 3, 230, 80), tmp_path, batches=(1, 3))
+    check_onnx_parity(model.eval(), torch.randn(2, 3, 230, 80), tmp_path, "images", ["embedding"])
 
 
 # ---- bad input ----

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from onnx_parity import check_onnx_parity
 
 from reidfast.models import AdaptiveMarginNet, MGN, PCB, PLA, PLROSNet, Pyramid, ResNetBackbone, build_model, resnet
 from reidfast.nn.outputs import MGNOutput, PartOutput, PLAOutput
@@ -359,26 +360,6 @@ def test_build_model_unknown_option():
 @pytest.mark.parametrize("name", ["pyramid", "mgn", "pla", "pcb"])
 def test_eval_export_to_onnx_matches_onnxruntime(tmp_path, name):
     """Each model as built by default (ResNet-50; for Pyramid, the PyramidHead on a ResNet-50)."""
-    onnx = pytest.importorskip("onnx")
-    onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     torch.manual_seed(7)
     model = build_model(name, NUM_CLASSES).eval()
-    path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(
-        model, (torch.randn(2, 3, 256, 128),), str(path), dynamo=True, external_data=False,
-        input_names=["images"], output_names=["embedding"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-    )
-    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch is not dynamic"
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, 256, 128)
-        (exported,) = session.run(None, {"images": x.numpy()})
-        with torch.no_grad():
-            expected = model(x)
-        # Relative to the embedding's scale: a randomly initialised ResNet in eval mode (BatchNorm
-        # statistics 0 and 1) emits values in the hundreds to thousands, where an absolute 1e-4
-        # would ask for more digits than float32 holds.
-        scale = expected.abs().max()
-        torch.testing.assert_close(torch.from_numpy(exported) / scale, expected / scale, rtol=0, atol=1e-4)
+    check_onnx_parity(model, torch.randn(2, 3, 256, 128), tmp_path, "images", ["embedding"])

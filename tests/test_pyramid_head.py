@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from onnx_parity import check_onnx_parity
 from torch import nn
 
 import reidfast
@@ -361,29 +362,9 @@ def test_compiles_with_fullgraph():
 
 
 def test_onnx_export_dynamic_batch_matches_onnxruntime(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     head = PyramidHead(in_channels=64, num_classes=10, embed_dim=16).eval()
     with torch.no_grad():
         head.embedding.norm.running_mean.normal_()
         head.embedding.norm.running_var.uniform_(0.5, 2.0)
-    path = tmp_path / "pyramid_head.onnx"
-    torch.onnx.export(
-        head, (torch.randn(2, 64, 24, 8),), str(path), dynamo=True, external_data=False,
-        input_names=["feature_map"], output_names=list(PartOutput._fields),
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-    )
-    graph = onnx.load(str(path)).graph
-    assert {node.domain for node in graph.node} == {""}, "the model needs operators outside standard ONNX"
-    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch dimension is not dynamic"
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch in (1, 5):
-        x = torch.randn(batch, 64, 24, 8)
-        outputs = session.run(None, {"feature_map": x.numpy()})
-        with torch.no_grad():
-            expected = head(x)
-        assert len(outputs) == 3
-        for got, want in zip(outputs, expected):
-            torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+    check_onnx_parity(head, torch.randn(2, 64, 24, 8), tmp_path, "feature_map", PartOutput._fields, batches=(1, 5))
