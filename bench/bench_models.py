@@ -5,7 +5,7 @@ Implementations timed per case:
   reference   every reidfast op on its plain-PyTorch reference (REIDFAST_BACKEND=reference); the
               model's other layers (backbone, batched branch layers) are the same
 A step is: zero_grad, forward in train mode, the method's criterion, backward, SGD step (momentum
-0.9). Images are each method's training size (METHODS.md); batches are identities x 4 images.
+0.9). Images are each method's training size (docs/methods.md); batches are identities x 4 images.
 On the GPU the step runs under bfloat16 autocast. The CPU cases use a small batch to keep the
 suite's run time reasonable on a laptop-class CPU.
 """

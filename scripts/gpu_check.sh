@@ -4,6 +4,8 @@
 # to bench/results/<device>.json and BENCHMARKS.md. Output: pytest's summaries, then the tables.
 #   PYTHON (default python3) picks the interpreter; TORCH_CUDA_ARCH_LIST defaults to this GPU's.
 #   If OUT is set, the results and logs are copied there as well.
+#   TEST_ARGS / BENCH_ARGS add pytest arguments (e.g. BENCH_ARGS="-k cuda" times only the GPU cases,
+#   so that the run fits a time limit; the CPU cases are timed on the development machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,11 +24,11 @@ export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 "$PYTHON" -c 'import reidfast; [print(f"  {s.name:9s} {s.available!s:5s} {s.reason}") for s in reidfast.available_backends().values()]'
 
 status=0
-"$PYTHON" -m pytest tests -q -p no:cacheprovider >"$LOGS/tests.log" 2>&1 || status=$?
+"$PYTHON" -m pytest tests -q -p no:cacheprovider ${TEST_ARGS:-} >"$LOGS/tests.log" 2>&1 || status=$?
 grep -E "^(FAILED|ERROR)" "$LOGS/tests.log" | head -30 || true
 tail -1 "$LOGS/tests.log"
 
-"$PYTHON" -m pytest bench --benchmark-only -q -p no:cacheprovider >"$LOGS/bench.log" 2>&1 || status=$?
+"$PYTHON" -m pytest bench --benchmark-only -q -p no:cacheprovider ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1 || status=$?
 tail -1 "$LOGS/bench.log"
 "$PYTHON" bench/report.py
 if [[ -n "${OUT:-}" ]]; then cp bench/results/*.json BENCHMARKS.md "$OUT"/; fi

@@ -8,7 +8,7 @@ by name, detached (so that logging them keeps no graph alive and they cannot be 
 mistake). Every triplet term runs on the fused `reidfast.ops.triplet_loss`, the adaptive margin on
 the fused `reidfast.ops.adaptive_margin_loss`; `backend` options are passed to them.
 
-Methods (METHODS.md sections 1-5):
+Methods (docs/methods.md sections 1-5):
 
     pyramid           Eq. 2 / Eq. 7 of the Pyramid paper with dynamic weighting (Algorithm 1)
     pcb               sum over the stripes of the mean cross-entropy
@@ -127,7 +127,7 @@ def _check_float_in(name: str, value, low: float, high: float) -> float:
 
 class PyramidCriterion(Criterion):
     """The Pyramid loss with multi-loss dynamic training (papers/pyramid-multi-loss-dynamic-training.txt,
-    Eq. 2, 3 and 7, Algorithm 1; METHODS.md section 1).
+    Eq. 2, 3 and 7, Algorithm 1; docs/methods.md section 1).
 
         L_id = sum over branches b of mean_i CE(logits[i, b], y_i)                            (Eq. 2)
         L_tp = mean over anchors of max(0, margin + d_ap - d_an), batch-hard, non-squared
@@ -221,7 +221,7 @@ class PCBCriterion(Criterion):
 
 
 class MGNCriterion(Criterion):
-    """MGN's loss (papers/mgn-multiple-granularity.txt; METHODS.md section 3).
+    """MGN's loss (papers/mgn-multiple-granularity.txt; docs/methods.md section 3).
 
         L = (1/8) sum_j mean_i CE(logits_j[i], y_i) + (1/3) sum_g L_tp(global_features[:, g])
 
@@ -258,7 +258,7 @@ class MGNCriterion(Criterion):
 
 
 class PLACriterion(Criterion):
-    """PLA's composite loss (papers/pla-progressive-learning.txt, Eq. 3-5; METHODS.md section 2).
+    """PLA's composite loss (papers/pla-progressive-learning.txt, Eq. 3-5; docs/methods.md section 2).
 
         L = CE(logits, y) + lambda * mean over anchors a of softplus(m + d_ap^(k)(a) - d_an^(p)(a))
 
@@ -302,7 +302,7 @@ class PLACriterion(Criterion):
 
 
 class PLROSNetCriterion(Criterion):
-    """PLR-OSNet's loss over its two branches (papers/plr-osnet.txt, Eq. 6; METHODS.md section 5).
+    """PLR-OSNet's loss over its two branches (papers/plr-osnet.txt, Eq. 6; docs/methods.md section 5).
 
         L = 0.5 * (CE_ls(global_logits) + CE_ls(local_logits))
           + 0.5 * (L_soft(global_features) + L_soft(local_features))
@@ -383,7 +383,7 @@ class PLROSNetCriterion(Criterion):
 
 class AdaptiveMarginCriterion(Criterion):
     """The adaptive-margin loss on the embedding (papers/adaptive-margin-ranking.txt, Eq. 5-9;
-    METHODS.md section 4), by reidfast.losses.AdaptiveMarginLoss.
+    docs/methods.md section 4), by reidfast.losses.AdaptiveMarginLoss.
 
     Options: mu (8), gamma (2.1), reduction ("mean", "sum" or "balanced"), backend.
 

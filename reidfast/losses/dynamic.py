@@ -50,7 +50,7 @@ class DynamicLossWeighting(nn.Module):
     Eq. 2 case L_tp only moves its average (it is left out of the total, so no gradient flows
     from it).
 
-    Choices where the paper leaves one (METHODS.md section 1):
+    Choices where the paper leaves one (docs/methods.md section 1):
 
     - Initial state p_id = 0, p_tp = 1 (Algorithm 1): FL(p_id) = +inf, FL(p_tp) = 0, the ratio
       counts as 0, and training starts on the ID loss alone with random sampling.

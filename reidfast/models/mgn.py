@@ -1,4 +1,4 @@
-"""MGN, the Multiple Granularity Network (METHODS.md section 3; Wang et al., ACM MM 2018)."""
+"""MGN, the Multiple Granularity Network (docs/methods.md section 3; Wang et al., ACM MM 2018)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class MGN(nn.Module):
     - Pooling (global max pooling in the paper; `pool="avg"` for the average of some
       reimplementations), through reidfast.ops.pyramid_pool, one call per branch: the global map
       whole; the Part-2 map whole and as 2 stripes; the Part-3 map whole and as 3 stripes. Stripes
-      partition the rows as METHODS.md section 1 says (equal at 24 rows).
+      partition the rows as docs/methods.md section 1 says (equal at 24 rows).
     - The 8 pooled C-vectors, in the order [global, Part-2 global, Part-3 global, Part-2 stripes 1-2,
       Part-3 stripes 1-3], each reduced by its own 1x1 conv C->256 (no bias) + BatchNorm + ReLU, all
       in one batched call (reidfast.nn.BranchEmbedding).

@@ -1,5 +1,5 @@
 """OSNet x1.0 as a feature extractor (Zhou et al., "Omni-Scale Feature Learning for Person
-Re-Identification", ICCV 2019; `../shared/METHODS.md` section 5).
+Re-Identification", ICCV 2019; docs/methods.md section 5).
 
 Architecture (Table 1 of the paper, width x1.0, channels 64 / 256 / 384 / 512):
 

@@ -1,4 +1,4 @@
-"""The PLA network (METHODS.md section 2; Li et al., "Progressive Learning Algorithm for Efficient
+"""The PLA network (docs/methods.md section 2; Li et al., "Progressive Learning Algorithm for Efficient
 Person Re-Identification", papers/pla-progressive-learning.txt)."""
 
 from __future__ import annotations

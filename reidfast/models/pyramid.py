@@ -1,4 +1,4 @@
-"""The Pyramid model (METHODS.md section 1): a ResNet with last stride 1 and a PyramidHead."""
+"""The Pyramid model (docs/methods.md section 1): a ResNet with last stride 1 and a PyramidHead."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class ResNetPartModel(nn.Module):
 
 
 class Pyramid(ResNetPartModel):
-    """The Pyramid model of METHODS.md section 1 ("Pyramidal Person Re-IDentification via Multi-Loss
+    """The Pyramid model of docs/methods.md section 1 ("Pyramidal Person Re-IDentification via Multi-Loss
     Dynamic Training", papers/pyramid-multi-loss-dynamic-training.txt, Fig. 2-3).
 
     ResNet (last stride 1) -> 21 windows of 1..6 adjacent stripes (GMP + GAP, summed) -> per branch

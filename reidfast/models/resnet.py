@@ -2,7 +2,7 @@
 
 Re-ID models (Pyramid, PLA, MGN, PCB) read the last stage's feature map, not ImageNet logits, and
 most of them set the stride of the last stage to 1 so that a 384x128 image gives a 24x8 map instead
-of 12x4 (Sun et al., "Beyond Part Models", 2018; METHODS.md sections 1 and 3).
+of 12x4 (Sun et al., "Beyond Part Models", 2018; docs/methods.md sections 1 and 3).
 
 Weights are never downloaded: `weights` is the path of a state dict on local disk. A file saved by
 torchvision (e.g. `torch.save(torchvision.models.resnet50(weights=...).state_dict(), path)`, or

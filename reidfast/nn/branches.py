@@ -113,7 +113,7 @@ class BranchClassifier(nn.Module):
     own independent mask, as with separate Dropout calls per branch; in eval mode it is the identity.
 
     Initialisation: weight ~ N(0, std), bias 0 (the Pyramid paper's classifiers: std 0.001,
-    METHODS.md section 1).
+    docs/methods.md section 1).
 
     Args:
         branches: number of branches K (>= 1).

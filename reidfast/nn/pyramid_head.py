@@ -1,5 +1,5 @@
 """The head of the Pyramid model (papers/pyramid-multi-loss-dynamic-training.txt, Fig. 3;
-METHODS.md section 1), batched, and the per-branch head it is measured against.
+docs/methods.md section 1), batched, and the per-branch head it is measured against.
 
 Each branch of the pyramid is one window of horizontal stripes of the backbone's feature map. Its
 branch op pools the window (GMP + GAP, summed), reduces the C-vector with a 1x1 convolution +
@@ -79,14 +79,14 @@ class PyramidHead(_PyramidHeadConfiguration):
         logits[:, w] = V_w^T Dropout(features[:, w]) + c_w     (Linear D -> num_classes)
         embedding = concat_w features[:, w]
 
-    (papers/pyramid-multi-loss-dynamic-training.txt, Fig. 3; METHODS.md section 1). The
+    (papers/pyramid-multi-loss-dynamic-training.txt, Fig. 3; docs/methods.md section 1). The
     pooling is one `pyramid_pool` call for all windows; the convolutions, the BatchNorm and the
     classifiers are one `BranchEmbedding` and one `BranchClassifier` (batched matrix products over
     [branches, C, D] and [branches, D, num_classes] weights, one BatchNorm over branches * D
     channels), numerically equivalent to per-branch Conv2d / BatchNorm2d / Linear modules
     (`PyramidHeadReference`).
 
-    Initialisation: classifier weight ~ N(0, 0.001), bias 0 (METHODS.md section 1, the authors'
+    Initialisation: classifier weight ~ N(0, 0.001), bias 0 (docs/methods.md section 1, the authors'
     code). The authors' code leaves the 1x1 convolution and BatchNorm at PyTorch's defaults; here
     the convolution is He normal, fan_out (std sqrt(2 / embed_dim)) with bias 0, and BatchNorm has
     weight 1 and bias 0, the common Re-ID practice.
