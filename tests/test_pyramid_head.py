@@ -116,6 +116,25 @@ def test_matches_reference_on_the_reference_pooling_backend():
     assert_heads_agree(head, reference, torch.randn(4, 24, 24, 8), tolerance=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "permuted", "sliced"])
+def test_any_input_layout_gives_the_same_result(layout):
+    """Backbones run channels_last in mixed-precision training; the head reads any strides."""
+    head, _ = make_pair(**SMALL)
+    head.eval()
+    x = torch.randn(4, 24, 24, 8)
+    if layout == "channels_last":
+        strided = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "permuted":
+        strided = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    else:
+        strided = torch.randn(4, 48, 24, 8)[:, ::2]
+        x = strided.contiguous()
+    with torch.no_grad():
+        expected, got = head(x), head(strided)
+    for want, out in zip(expected, got):
+        torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("height", [24, 16], ids=["384x128", "256x128"])
 def test_resnet50_map_shapes_and_float32_parity(height):
     head, reference = make_pair(num_classes=751)
