@@ -217,6 +217,17 @@ def test_evaluate_from_features_equals_distance_matrix(metric):
         np.testing.assert_array_equal(got.cmc, expected.cmc)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gallery_blocks_equal_pairwise_distance(dtype):
+    """The gallery's squared norms, computed once, give each block exactly pairwise_distance's values."""
+    generator = torch.Generator().manual_seed(8)
+    queries = torch.randn(13, 37, generator=generator, dtype=dtype)
+    gallery = torch.randn(301, 37, generator=generator, dtype=dtype)
+    blocks = _GalleryDistances(gallery, "euclidean", rows=13, memory_budget=2**15)
+    assert blocks.block < gallery.shape[0]  # several gallery blocks
+    torch.testing.assert_close(blocks(queries), pairwise_distance(queries, gallery), rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_cuda_equals_cpu(dtype):

@@ -83,11 +83,19 @@ def pairwise_distance(
     return _distance_matrix(x, x if y is None else y, squared).to(x.dtype)
 
 
-def _distance_matrix(x: torch.Tensor, y: torch.Tensor, squared: bool) -> torch.Tensor:
-    """[N, M] distances in the accumulation dtype (float32, float64 for float64)."""
+def _distance_matrix(
+    x: torch.Tensor, y: torch.Tensor, squared: bool, y_squared_norms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[N, M] distances in the accumulation dtype (float32, float64 for float64).
+
+    y_squared_norms (Tensor[M] or None): |y_j|^2 as `y.pow(2).sum(1)` in the accumulation dtype
+    gives it, when the caller already has it (one gallery against many query chunks).
+    """
     acc = _accumulation_dtype(x.dtype)
     x, y = x.to(acc), y.to(acc)
-    squares = x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :] - 2.0 * (x @ y.t())
+    if y_squared_norms is None:
+        y_squared_norms = y.pow(2).sum(1)
+    squares = x.pow(2).sum(1)[:, None] + y_squared_norms[None, :] - 2.0 * (x @ y.t())
     squares = squares.clamp(min=DISTANCE_EPS)
     return squares if squared else squares.sqrt()
 
