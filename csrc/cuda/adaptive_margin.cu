@@ -121,34 +121,28 @@ int64_t column_splits(int64_t tiles) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Element types (float, __half, __nv_bfloat16).
+// Element types (float, __half, __nv_bfloat16): loads as float32 (conversions in device_types.cuh).
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
+// A thread's 4 x 4 block of a tile product, rows 4 ty + i and columns tx + 16 q.
+__device__ __forceinline__ void zero_4x4(float (&acc)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
+  }
 }
 
-// A 2-byte element from its bits.
-template <typename T>
-__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  } else {  // bfloat16: the upper half of a float32
-    return __uint_as_float(bits << 16);
+// acc[i][q] += a[i] * b[16 q]: one step of the product over the shared dimension; a (16-byte
+// aligned) holds the thread's 4 rows, b its first column of the 4 spaced 16 apart.
+__device__ __forceinline__ void add_outer_product_4x4(float (&acc)[4][4], const float* a,
+                                                      const float* b) {
+  const float4 av = *reinterpret_cast<const float4*>(a);
+  const float rows[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float bv = b[16 * q];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i][q] = fmaf(rows[i], bv, acc[i][q]);
   }
 }
 
@@ -196,11 +190,7 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, const PassPara
   const int lr = tid >> 2, kq = (tid & 3) * 4;  // the rows and elements this thread stages
   const T* a_row = row0 + lr < pp.n ? x + (row0 + lr) * pp.d : nullptr;
   const T* b_row = col0 + lr < pp.n ? x + (col0 + lr) * pp.d : nullptr;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
-  }
+  zero_4x4(acc);
   const int64_t chunks = (pp.d + kChunk - 1) / kChunk;
   float a[4], b[4];
   load4<T>(a_row, kq, pp.d, pp.vec_ok, a);
@@ -221,17 +211,28 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, const PassPara
     }
 #pragma unroll
     for (int k = 0; k < kChunk; ++k) {
-      const float4 av = *reinterpret_cast<const float4*>(as + k * kStride + ty * 4);
-      const float arow[4] = {av.x, av.y, av.z, av.w};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float bv = bs[k * kStride + tx + 16 * q];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i][q] = fmaf(arow[i], bv, acc[i][q]);
-      }
+      add_outer_product_4x4(acc, as + k * kStride + ty * 4, bs + k * kStride + tx);
     }
   }
   __syncthreads();  // every thread is done with the stages
+}
+
+// Calls visit(i, q, row * d + k) for the elements of an [n, d] row-major matrix that the thread's
+// 4 x 4 block covers (rows row0 + 4 ty + i, columns k0 + tx + 16 q), skipping those out of bounds.
+template <typename Visit>
+__device__ __forceinline__ void for_each_owned_4x4(int64_t row0, int64_t k0, const PassParams& pp,
+                                                   const Visit& visit) {
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = row0 + ty * 4 + i;
+    if (row >= pp.n) continue;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t k = k0 + tx + 16 * q;
+      if (k < pp.d) visit(i, q, row * pp.d + k);
+    }
+  }
 }
 
 // g[row0 + 4 ty + i][k] (+)= sum_c wt[c][4 ty + i] x[col0 + c][k] for k = k0 + tx + 16 q over the
@@ -262,34 +263,14 @@ __device__ __forceinline__ void accumulate_slopes(const T* __restrict__ x, const
       for (int u = 0; u < 4; ++u) load4<T>(src, k0 + kSlice + kq + 4 * u, pp.d, pp.vec_ok, v[u]);
     }
     float out[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) out[i][q] = 0.f;
-    }
+    zero_4x4(out);
 #pragma unroll 8
     for (int c = 0; c < kTile; ++c) {
-      const float4 wv = *reinterpret_cast<const float4*>(wt + c * kSlopeStride + ty * 4);
-      const float w[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float xv = stage[c * kSliceStride + tx + 16 * q];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) out[i][q] = fmaf(w[i], xv, out[i][q]);
-      }
+      add_outer_product_4x4(out, wt + c * kSlopeStride + ty * 4, stage + c * kSliceStride + tx);
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t row = row0 + ty * 4 + i;
-      if (row >= pp.n) continue;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int64_t k = k0 + tx + 16 * q;
-        if (k >= pp.d) continue;
-        float* p = g + row * pp.d + k;
-        *p = first ? out[i][q] : *p + out[i][q];
-      }
-    }
+    for_each_owned_4x4(row0, k0, pp, [&](int i, int q, int64_t at) {
+      g[at] = first ? out[i][q] : g[at] + out[i][q];
+    });
     __syncthreads();  // every thread is done with the staged slice
   }
 }
@@ -458,19 +439,10 @@ __global__ void __launch_bounds__(kThreads)
     // grad = 2 (rowsum(W) x - W x); each element by the thread that accumulated it.
     const int64_t slices = (pp.d + kSlice - 1) / kSlice;
     for (int64_t slice = 0; slice < slices; ++slice) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t row = row0 + ty * 4 + i;
-        if (row >= pp.n) continue;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int64_t k = slice * kSlice + tx + 16 * q;
-          if (k >= pp.d) continue;
-          const int64_t at = row * pp.d + k;
-          const float wx = written ? grad_acc[at] : 0.f;
-          grad_out[at] = from_float<T>(2.f * (row_sum[i] * to_float(x[at]) - wx));
-        }
-      }
+      for_each_owned_4x4(row0, slice * kSlice, pp, [&](int i, int, int64_t at) {
+        const float wx = written ? grad_acc[at] : 0.f;
+        grad_out[at] = from_float<T>(2.f * (row_sum[i] * to_float(x[at]) - wx));
+      });
     }
   }
 

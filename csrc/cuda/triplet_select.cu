@@ -130,25 +130,6 @@ SplitPlan plan_splits(int64_t row_tiles, int64_t col_tiles, int sm_count) {
 // Element types (float, __half, __nv_bfloat16). Data moves as raw 16-byte packs (uint4), which
 // keeps two 2-byte elements per register; elements become float32 only where they are multiplied.
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 __device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
 __device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
@@ -174,13 +155,8 @@ __device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
   const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    if constexpr (std::is_same_v<T, __half>) {
-      out[2 * q] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[q] & 0xffffu)));
-      out[2 * q + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[q] >> 16)));
-    } else {  // bfloat16: the upper half of a float32
-      out[2 * q] = __uint_as_float(words[q] << 16);
-      out[2 * q + 1] = __uint_as_float(words[q] & 0xffff0000u);
-    }
+    out[2 * q] = half_bits_to_float<T>(words[q] & 0xffffu);
+    out[2 * q + 1] = half_bits_to_float<T>(words[q] >> 16);
   }
 }
 template <typename T>
