@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from reidfast.evaluation.rank import _as_labels, _as_tensor, _FLOAT_DTYPES
+from reidfast.evaluation.rank import _as_distance_matrix, _as_labels
 from reidfast.ops._checks import check_int
 
 MARGIN = 8
@@ -63,11 +63,7 @@ def plot_ranked_results(
     Returns:
         The paths written, in query order.
     """
-    dist = _as_tensor("distmat", distmat)
-    if dist.dim() != 2:
-        raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dist.shape)}")
-    if dist.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"distmat must be float16, bfloat16, float32 or float64, got {dist.dtype}")
+    dist = _as_distance_matrix(distmat)
     num_q, num_g = dist.shape
     if len(query_images) != num_q:
         raise ValueError(f"query_images must hold Q={num_q} images, got {len(query_images)}")

@@ -131,11 +131,7 @@ def evaluate_rank(
         ValueError: no query has a true match, distmat holds NaN, or an argument is malformed
             (each message names the argument and the value).
     """
-    dist = _as_tensor("distmat", distmat)
-    if dist.dim() != 2:
-        raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dist.shape)}")
-    if dist.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"distmat must be float16, bfloat16, float32 or float64, got {dist.dtype}")
+    dist = _as_distance_matrix(distmat)
     num_q, num_g = dist.shape
     labels = _Labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, dist.device)
     _check_options(max_rank, ap, chunk_size, memory_budget)
@@ -153,11 +149,7 @@ def evaluate_rank_reference(
     """The specification of `evaluate_rank`: per query, a stable argsort of the whole row, the
     junk removed, the matches' ranks read off. Same arguments (no chunking) and result; O(G log G)
     time per query. The baseline of the benchmarks."""
-    dist = _as_tensor("distmat", distmat)
-    if dist.dim() != 2:
-        raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dist.shape)}")
-    if dist.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"distmat must be float16, bfloat16, float32 or float64, got {dist.dtype}")
+    dist = _as_distance_matrix(distmat)
     num_q, num_g = dist.shape
     labels = _Labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, dist.device)
     _check_options(max_rank, ap, None, 1)
@@ -498,6 +490,16 @@ def _check_no_nan(row_minimum: torch.Tensor, dist: torch.Tensor, start: int, sou
         row = int(rows[0, 0])
         col = int(torch.isnan(dist[row]).nonzero()[0, 0])
         raise ValueError(f"{source}: distance of query {start + row} to gallery entry {col} is NaN")
+
+
+def _as_distance_matrix(distmat) -> torch.Tensor:
+    """`distmat` as a Tensor[Q, G] of a float dtype, else a ValueError / TypeError naming it."""
+    dist = _as_tensor("distmat", distmat)
+    if dist.dim() != 2:
+        raise ValueError(f"distmat must be 2-D [Q, G], got shape {tuple(dist.shape)}")
+    if dist.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"distmat must be float16, bfloat16, float32 or float64, got {dist.dtype}")
+    return dist
 
 
 def _as_tensor(name: str, value) -> torch.Tensor:
