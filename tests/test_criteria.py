@@ -354,6 +354,13 @@ def test_output_and_label_errors(generator):
     mgn = mgn_output(generator)
     with pytest.raises(ValueError, match=r"output.logits must hold 8 tensors, got 7"):
         build_criterion("mgn")(mgn._replace(logits=mgn.logits[:7]), labels)
+    narrow = (*mgn.logits[:5], mgn.logits[5][:, :3], *mgn.logits[6:])
+    with pytest.raises(ValueError, match=r"output.logits\[5\] must have output.logits\[0\]'s 7 classes, got shape \(12, 3\)"):
+        build_criterion("mgn")(mgn._replace(logits=narrow), labels)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 7\), got label -1"):
+        build_criterion("mgn")(mgn, labels - labels.min() - 1)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 7\), got label 7"):
+        build_criterion("plr_osnet", **PLR_OPTIONS)(plr_output(generator), labels + 7 - labels.max())
     part = part_output(generator)
     with pytest.raises(ValueError, match=r"output.logits must be 3-D \[B, branches, num_classes\], got shape \(12, 7\)"):
         build_criterion("pcb")(part._replace(logits=part.logits[:, 0]), labels)

@@ -60,7 +60,7 @@ def _check_class_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Class-indexed labels are in [0, num_classes) (one read of the labels' extremes on the host)."""
     if labels.numel() == 0:
         return
-    low, high = int(labels.min()), int(labels.max())
+    low, high = torch.stack(torch.aminmax(labels)).tolist()
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(f"labels must be class indices in [0, {num_classes}), got label {bad}")

@@ -88,9 +88,9 @@ def _batch_of(name: str, tensor: torch.Tensor, dims: int, shape_doc: str, batch:
 
 
 def _cross_entropy(name: str, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
-    """Mean cross-entropy of logits [B, num_classes] against class-index labels [B]."""
+    """Mean cross-entropy of logits [B, num_classes] against class-index labels [B], whose range
+    the caller has checked (once per batch: the check reads the labels on the host)."""
     _batch_of(name, logits, 2, "[B, num_classes]", labels.shape[0])
-    _check_class_labels(labels, logits.shape[1])
     return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
 
 
@@ -247,6 +247,14 @@ class MGNCriterion(Criterion):
         logits = self._logits(output, "logits")
         if len(logits) != self.NUM_LOGITS:
             raise ValueError(f"output.logits must hold {self.NUM_LOGITS} tensors, got {len(logits)}")
+        num_classes = logits[0].shape[-1]
+        for j, z in enumerate(logits):
+            if z.shape[-1] != num_classes:
+                raise ValueError(
+                    f"output.logits[{j}] must have output.logits[0]'s {num_classes} classes, "
+                    f"got shape {tuple(z.shape)}"
+                )
+        _check_class_labels(labels, num_classes)
         id_loss = sum(_cross_entropy(f"output.logits[{j}]", z, labels) for j, z in enumerate(logits)) / len(logits)
         features = output.global_features
         tp_loss = _summed_branch_triplet("output.global_features", features, labels, self.margin, self.backend)
@@ -290,7 +298,9 @@ class PLACriterion(Criterion):
         self.margin, self.k, self.p, self.backend = float(margin), k, p, backend
 
     def _losses(self, output: PLAOutput, labels):
-        id_loss = _cross_entropy("output.logits", self._logits(output, "logits"), labels)
+        logits = self._logits(output, "logits")
+        _check_class_labels(labels, logits.shape[-1])
+        id_loss = _cross_entropy("output.logits", logits, labels)
         features = _batch_of("output.triplet_features", output.triplet_features, 2, "[B, D]", labels.shape[0])
         tp_loss = triplet_loss(
             features, labels, margin=self.margin, soft=True, k=self.k, p=self.p, backend=self.backend
@@ -349,6 +359,7 @@ class PLROSNetCriterion(Criterion):
         self.local_center = CenterLoss(num_classes, local_dim)
 
     def _losses(self, output: PLROSNetOutput, labels):
+        _check_class_labels(labels, self.num_classes)
         components = {}
         for branch, center in (("global", self.global_center), ("local", self.local_center)):
             logits = self._logits(output, f"{branch}_logits")
