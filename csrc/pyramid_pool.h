@@ -1,9 +1,12 @@
 // Shared by the CPU and CUDA kernels of pyramid_pool: the stripe geometry, the pooling mode and
-// the checks every backend makes on its arguments before any work starts.
+// the checks every backend makes on its arguments before any work starts, the 32-bit limit
+// included: the argmax is int32 (by schema), so a plane must have at most INT32_MAX positions.
 //
 // Stripe s of n covers rows [floor(s*H/n), floor((s+1)*H/n)) of an H-row map (a partition of
 // H); window w covers stripes [start_w, start_w + length_w).
 #pragma once
+
+#include "distance.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/MemoryFormat.h>
@@ -12,22 +15,17 @@
 #include <c10/util/string_view.h>
 
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#define REIDFAST_HOST_DEVICE __host__ __device__
-#else
-#define REIDFAST_HOST_DEVICE
-#endif
+#include <limits>
 
 namespace reidfast {
 
 // First row of stripe `stripe` (stripe == num_parts gives H, the end of the last stripe).
-REIDFAST_HOST_DEVICE inline int64_t stripe_begin(int64_t stripe, int64_t height, int64_t num_parts) {
+REIDFAST_HOST_DEVICE int64_t stripe_begin(int64_t stripe, int64_t height, int64_t num_parts) {
   return stripe * height / num_parts;
 }
 
 // The stripe that holds `row`: the largest s with floor(s*H/n) <= row, i.e. s < (row+1)*n/H.
-REIDFAST_HOST_DEVICE inline int64_t stripe_of_row(int64_t row, int64_t height, int64_t num_parts) {
+REIDFAST_HOST_DEVICE int64_t stripe_of_row(int64_t row, int64_t height, int64_t num_parts) {
   return ((row + 1) * num_parts - 1) / height;
 }
 
@@ -59,11 +57,20 @@ inline void check_windows(int64_t num_parts, int64_t height, at::IntArrayRef sta
   }
 }
 
+// H * W <= INT32_MAX, written as a division so that no product of sizes overflows.
+inline void check_plane_positions(int64_t height, int64_t width, const char* op) {
+  constexpr int64_t kMaxPositions = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK_VALUE(width >= 1 && height <= kMaxPositions / width, op, ": H * W = ", height, " * ",
+                    width, " exceeds ", kMaxPositions,
+                    ", the largest position the int32 argmax holds; pool a smaller map or split it");
+}
+
 inline void check_forward_input(const at::Tensor& x, int64_t num_parts, at::IntArrayRef starts,
                                 at::IntArrayRef lengths) {
   TORCH_CHECK(x.dim() == 4, "pyramid_pool: x must be 4-D [B, C, H, W], got ", x.dim(), "-D");
   TORCH_CHECK(x.size(3) >= 1, "pyramid_pool: x must have W >= 1, got shape ", x.sizes());
   check_windows(num_parts, x.size(2), starts, lengths);
+  check_plane_positions(x.size(2), x.size(3), "pyramid_pool");
 }
 
 inline void check_backward_input(const at::Tensor& grad_out, const at::Tensor& argmax,
@@ -75,6 +82,7 @@ inline void check_backward_input(const at::Tensor& grad_out, const at::Tensor& a
               ", C], got ", grad_out.sizes());
   TORCH_CHECK(width >= 1, "pyramid_pool_backward: width must be >= 1, got ", width);
   check_windows(num_parts, height, starts, lengths);
+  check_plane_positions(height, width, "pyramid_pool_backward");
   if (mode.max) {
     TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == grad_out.sizes(),
                 "pyramid_pool_backward: argmax must be int32 of grad_out's shape ",

@@ -18,6 +18,9 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "pyramid_pool_backward(Tensor grad_out, Tensor argmax, int num_parts, int[] window_starts, "
       "int[] window_lengths, str mode, SymInt height, SymInt width, bool channels_last) -> Tensor");
+  //   The instruction set of the CPU kernels that have variants: "avx2" or "generic" (chosen by
+  //   the CPU and the REIDFAST_CPU_ISA environment variable, see csrc/cpu/cpu_isa.h).
+  m.def("cpu_isa() -> str");
 
   // Generalised batch-hard selection (PLA Eq. 3-4), see reidfast/ops/triplet_select.py.
   //   x [N, D], labels [N] int64, ref [M, D] (x's dtype and device), ref_labels [M] int64;
@@ -29,12 +32,13 @@ TORCH_LIBRARY(reidfast, m) {
       "triplet_select_forward(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, "
       "bool self_reference, int k, int p, bool squared) -> (Tensor, Tensor, Tensor, Tensor)");
   //   Gradients of the selected distances: grad_pos, grad_neg [N] and the forward's inputs and
-  //   outputs -> grad_x [N, D], grad_ref [M, D] (x's dtype). Under self_reference the partners'
-  //   terms are added to grad_x and grad_ref is empty [0, D].
+  //   outputs -> grad_x [N, D], grad_ref [M, D] (x's dtype) when ref_grad and not
+  //   self_reference, else an empty [0, D] (a frozen bank's gradient is neither allocated nor
+  //   computed). Under self_reference the partners' terms are added to grad_x.
   m.def(
       "triplet_select_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor ref, "
       "Tensor pos_dist, Tensor neg_dist, Tensor pos_index, Tensor neg_index, bool self_reference, "
-      "bool squared) -> (Tensor, Tensor)");
+      "bool squared, bool ref_grad) -> (Tensor, Tensor)");
 
   // Adaptive-margin pairwise loss, see reidfast/ops/adaptive_margin.py.
   //   x [N, D], labels [N] int64 (at least one positive and one negative pair), mu, gamma > 0,
@@ -44,6 +48,17 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "adaptive_margin_forward(Tensor x, Tensor labels, float mu, float gamma, str reduction, "
       "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+
+  // Ranks of each query's true matches in its valid gallery, see reidfast/evaluation/rank.py.
+  //   dist [B, G]; row b's same-identity gallery entries are same_cols[same_offsets[b] :
+  //   same_offsets[b + 1]] (offsets [B + 1] non-decreasing within [0, S]; cols [S] int64, ascending
+  //   within a row), each a true match where same_is_match [S] (bool), else junk; max_matches >=
+  //   any row's match count -> ranks [B, max_matches] int64 (the 1-based ranks r_1 < ... < r_k of
+  //   the row's k matches, then 1), nan_rows [B] bool (the row holds a NaN; its ranks are then
+  //   unspecified).
+  m.def(
+      "evaluate_rank_match_ranks(Tensor dist, Tensor same_offsets, Tensor same_cols, "
+      "Tensor same_is_match, int max_matches) -> (Tensor, Tensor)");
 }
 
 #ifdef REIDFAST_PYTHON_MODULE

@@ -8,14 +8,10 @@
 // of a row may be scanned, or partial selections merged, in any order.
 #pragma once
 
+#include "distance.h"
+
 #include <cstdint>
 #include <limits>
-
-#ifdef __CUDACC__
-#define REIDFAST_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define REIDFAST_HOST_DEVICE inline
-#endif
 
 namespace reidfast {
 

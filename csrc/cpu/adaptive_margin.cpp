@@ -1,9 +1,10 @@
 // CPU operator of the adaptive-margin pairwise loss (reidfast/ops/adaptive_margin.py).
 //
 // Design. The pairs i < j are visited in tiles of the distance matrix's upper triangle: a block of
-// anchor rows [r0, r0 + rows) against the columns [c0, c0 + cols), c0 >= r0, at most kTileElements
-// distances, their dot products from matrix multiplies (at::mm_out, with all of ATen's threads).
-// Two passes, rows in parallel (at::parallel_for over a tile's rows):
+// anchor rows [r0, r0 + rows) against the columns [c0, c0 + cols), c0 >= r0, at most
+// kCpuTileElements distances (csrc/distance.h), their dot products from matrix multiplies
+// (at::mm_out, with all of ATen's threads). Two passes, rows in parallel (at::parallel_for over
+// a tile's rows):
 //   1. the sums and counts of the positive and negative pairs' squared distances;
 //   2. with the margins fixed: each pair's hinge term and, when the gradient is asked for, its
 //      coefficient T_ij = -2 w_ij, with w_ij = dL/dD_ij (the reduction's scale, signed, for a pair
@@ -12,12 +13,26 @@
 // chunk's lanes added in order into double: the result does not depend on the thread count.
 // With dD_ij/dx_i = 2 (x_i - x_j) the gradient is
 //   grad x_i = sum_j T_ij x_j - (sum_j T_ij) x_i    over the symmetric T (j != i),
-// so when the whole triangle is one tile (N^2 <= kTileElements, every usual batch) T is mirrored
-// into the lower triangle with -rowsum(T) on the diagonal and grad x = T x is one matrix multiply;
-// the triangle's products come from row strips (rows [r0, r0 + h) against columns [r0, N)), part
-// of the full product's work (3/4 of it with two strips). Larger batches accumulate per tile:
+// so when the whole triangle is one tile (N^2 <= kCpuTileElements, every usual batch) T is
+// mirrored into the lower triangle with -rowsum(T) on the diagonal and grad x = T x is one matrix
+// multiply; the triangle's products come from row strips (rows [r0, r0 + h) against columns
+// [r0, N)), part of the full product's work (3/4 of it with two strips). Larger batches
+// accumulate per tile:
 //   grad x_rows += T x_cols - rowsum(T) x_rows,   grad x_cols += T^T x_rows - colsum(T) x_cols.
 // Half-precision inputs are converted to float32 once; float64 stays float64.
+//
+// NaN and inf (the package's NaN policy: the NaN pattern of the reference in
+// reidfast/ops/adaptive_margin.py). A non-finite embedding makes a pair mean, so both margins, so
+// every hinge term NaN: the loss is NaN. Each hinge is active unless its argument is <= 0, so a
+// NaN argument is active, as the reference's relu lets the gradient through; a NaN or clamped
+// distance has no gradient, as the clamp's. The reference's gradient goes through matrix
+// multiplies over all rows, where a zero coefficient times a non-finite entry is NaN: every row of
+// the gradient is NaN in each column that holds a non-finite entry. The kernel finds such rows by
+// their squared norms (a check of N values) and writes those columns NaN; a finite batch pays
+// nothing more.
+#include "../distance.h"
+#include "../reduction.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -31,28 +46,25 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <iterator>
-#include <cmath>
 #include <functional>
+#include <limits>
 #include <tuple>
 #include <vector>
 
 namespace reidfast::cpu {
 namespace {
 
-// Distances per tile (8 MiB of float32): a tile's products stay in the last-level cache between
-// the multiply that writes them and the pass that reads them.
-constexpr int64_t kTileElements = int64_t(1) << 21;
-constexpr double kDistanceEps = 1e-12;
 constexpr int64_t kChunk = 256;
 // Row strips of the single-tile triangle product: at least kMinStripRows rows (smaller products
 // lose more to the multiply's overheads than the skipped half saves), at most kMaxStrips strips.
 constexpr int64_t kMinStripRows = 128;
 constexpr int64_t kMaxStrips = 8;
 
-// Whether the triangle of an N-row batch is one tile (every usual batch: N <= 1448).
-inline bool is_single_tile(int64_t n) { return n * n <= kTileElements; }
+// Whether the triangle of an N-row batch is one tile (every usual batch).
+inline bool is_single_tile(int64_t n) { return n * n <= kCpuTileElements; }
 
 struct Tile {
   int64_t row_begin, rows, col_begin, cols;
@@ -77,8 +89,8 @@ void for_each_tile(const at::Tensor& x, at::Tensor& cache,
     visit(Tile{0, n, 0, n}, cache);
     return;
   }
-  const int64_t tile_rows = std::clamp<int64_t>(kTileElements / n, 1, n);
-  at::Tensor buffer = at::empty({tile_rows, std::min(n, kTileElements / tile_rows)}, x.options());
+  const int64_t tile_rows = std::clamp<int64_t>(kCpuTileElements / n, 1, n);
+  at::Tensor buffer = at::empty({tile_rows, std::min(n, kCpuTileElements / tile_rows)}, x.options());
   for (int64_t row_begin = 0; row_begin < n - 1; row_begin += tile_rows) {
     const int64_t rows = std::min(tile_rows, n - row_begin);
     for (int64_t col_begin = row_begin; col_begin < n; col_begin += buffer.size(1)) {
@@ -188,10 +200,11 @@ struct RowPairs {
     const int64_t lanes = std::min(kWidth<acc_t>, count - c);
     const Value square = norm_i + load_lanes<Value>(norm_j + c, lanes, acc_t(0)) -
                          acc_t(2) * load_lanes<Value>(dots + c, lanes, acc_t(0));
-    const Value eps = Value{} + acc_t(kDistanceEps);
+    const Value eps = Value{} + static_cast<acc_t>(kDistanceEps);
     const Mask ids = load_lanes<Mask>(id_j + c, lanes, typename L::Id(-1));
     Mask valid;
     for (int64_t lane = 0; lane < kWidth<acc_t>; ++lane) valid[lane] = lane < lanes ? -1 : 0;
+    // clamp_square (csrc/distance.h) on each lane, NaN kept.
     return {select(square < eps, eps, square), ids == id_i, valid, lanes};
   }
 };
@@ -230,15 +243,17 @@ template <bool kWrite, typename acc_t>
 void row_terms(const RowPairs<acc_t>& row, acc_t mp, acc_t mn, acc_t pos_coef, acc_t neg_coef,
                double& pos_terms, double& neg_terms) {
   using Value = typename Lanes<acc_t>::Value;
-  const Value zero{}, eps = zero + acc_t(kDistanceEps);
+  const Value zero{}, eps = zero + static_cast<acc_t>(kDistanceEps);
   Value pos{}, neg{};
   for (int64_t chunk = 0; chunk < row.count; chunk += kChunk) {
     for (int64_t c = chunk; c < std::min(row.count, chunk + kChunk); c += kWidth<acc_t>) {
       const auto b = row.block(c);
-      const auto pos_active = b.same & b.valid & (b.distance > mp);
-      const auto neg_active = ~b.same & b.valid & (mn > b.distance);
-      pos += select(pos_active, b.distance - mp, zero);
-      neg += select(neg_active, mn - b.distance, zero);
+      const Value pos_excess = b.distance - mp, neg_excess = mn - b.distance;
+      // Active unless the excess is <= 0: NaN is active, as relu's gradient is (see the header).
+      const auto pos_active = b.same & b.valid & ~(pos_excess <= zero);
+      const auto neg_active = ~b.same & b.valid & ~(neg_excess <= zero);
+      pos += select(pos_active, pos_excess, zero);
+      neg += select(neg_active, neg_excess, zero);
       if constexpr (kWrite) {
         // A clamped distance has no gradient, as the clamp's.
         const Value hinge_coef = select(pos_active, zero + pos_coef, select(neg_active, zero + neg_coef, zero));
@@ -296,10 +311,36 @@ void symmetrize_with_diagonal(at::Tensor& coefficients) {
   });
 }
 
+// The reference's NaN pattern of the gradient (see the header): grad[:, c] = NaN for each column c
+// in which x has a NaN or inf. Rows with a non-finite entry have a non-finite squared norm, so
+// only those rows are read (none for a finite batch; a finite row whose norm overflows is read
+// and changes nothing).
+template <typename acc_t>
+void nan_columns_of_nonfinite_entries(const at::Tensor& x, const at::Tensor& norms, at::Tensor& grad) {
+  const int64_t n = x.size(0), dim = x.size(1);
+  const acc_t* norm = norms.const_data_ptr<acc_t>();
+  const acc_t* data = x.const_data_ptr<acc_t>();
+  std::vector<bool> nonfinite_column;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(norm[i])) continue;
+    nonfinite_column.resize(dim);
+    for (int64_t c = 0; c < dim; ++c) {
+      if (!std::isfinite(data[i * dim + c])) nonfinite_column[c] = true;
+    }
+  }
+  if (nonfinite_column.empty()) return;
+  acc_t* out = grad.mutable_data_ptr<acc_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < dim; ++c) {
+      if (nonfinite_column[c]) out[i * dim + c] = std::numeric_limits<acc_t>::quiet_NaN();
+    }
+  }
+}
+
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
     const at::Tensor& x, const at::Tensor& labels_in, double mu, double gamma,
-    c10::string_view reduction, bool compute_grad) {
+    Reduction reduction, bool compute_grad) {
   const int64_t n = x.size(0);
   const at::Tensor norms = squared_norms<acc_t>(x);
   using Id = typename Lanes<acc_t>::Id;
@@ -342,9 +383,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
   const double gs = gamma * s;  // softplus(gs) = max(gs, 0) + log1p(exp(-|gs|)): no overflow
   const double mn = (std::max(gs, 0.0) + std::log1p(std::exp(-std::abs(gs)))) / gamma;
   double pos_scale = 1, neg_scale = 1;
-  if (reduction == "mean") {
+  if (reduction == Reduction::kMean) {
     pos_scale = neg_scale = 1.0 / static_cast<double>(num_pairs);
-  } else if (reduction == "balanced") {
+  } else if (reduction == Reduction::kBalanced) {
     pos_scale = 1.0 / static_cast<double>(num_pos);
     neg_scale = 1.0 / static_cast<double>(num_neg);
   }
@@ -381,6 +422,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
     grad_rows.addmm_(coefficients, x_cols).sub_(x_rows.mul(coefficients.sum(1, true)));
     grad_cols.addmm_(coefficients.t(), x_rows).sub_(x_cols.mul(coefficients.sum(0).unsqueeze(1)));
   });
+  if (compute_grad) nan_columns_of_nonfinite_entries<acc_t>(x, norms, grad);
   const double loss = pos_scale * ordered_sum(pos_terms) + neg_scale * ordered_sum(neg_terms);
   at::Tensor loss_out = at::empty({}, x.options());
   loss_out.fill_(loss);
@@ -395,7 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cpu(
     const at::Tensor& x_in, const at::Tensor& labels, double mu, double gamma,
-    c10::string_view reduction, bool compute_grad) {
+    c10::string_view reduction_name, bool compute_grad) {
   TORCH_INTERNAL_ASSERT(x_in.device().is_cpu());
   TORCH_CHECK_VALUE(x_in.dim() == 2, "adaptive_margin_loss: x must be [N, D], got ", x_in.sizes());
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == x_in.size(0),
@@ -404,8 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cpu(
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, "adaptive_margin_loss: labels must be int64");
   TORCH_CHECK_VALUE(mu > 0 && gamma > 0, "adaptive_margin_loss: mu and gamma must be > 0, got mu = ",
                     mu, ", gamma = ", gamma);
-  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum" || reduction == "balanced",
-                    "adaptive_margin_loss: reduction must be mean, sum or balanced, got ", reduction);
+  const Reduction reduction = parse_reduction(reduction_name, "adaptive_margin_loss");
   const auto acc_type = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   // Detached: the op's autograd is registered around it, and at::mm_out refuses inputs that
   // require grad.

@@ -1,6 +1,6 @@
 // The CPU kernels of pyramid_pool compiled for AVX2 + FMA (chosen at run time on CPUs that have
-// them; see pyramid_pool.cpp). Only the kernels are compiled for AVX2: every header is included
-// before the target switch.
+// them, unless REIDFAST_CPU_ISA says otherwise; see cpu_isa.h). Only the kernels are compiled for
+// AVX2: every header is included before the target switch.
 #include "pyramid_pool_common.h"
 
 #if REIDFAST_CPU_HAS_AVX2_KERNELS

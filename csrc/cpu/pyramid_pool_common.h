@@ -4,6 +4,7 @@
 #pragma once
 
 #include "../pyramid_pool.h"
+#include "cpu_isa.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -20,12 +21,6 @@
 #include <type_traits>
 #include <vector>
 
-// AVX2 kernels exist on x86-64 with GCC or Clang (which know the target pragma/attribute).
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define REIDFAST_CPU_HAS_AVX2_KERNELS 1
+#if REIDFAST_CPU_HAS_AVX2_KERNELS
 #include <immintrin.h>
-#define AVX2_OR_GENERIC(name) avx2::name
-#else
-#define REIDFAST_CPU_HAS_AVX2_KERNELS 0
-#define AVX2_OR_GENERIC(name) generic::name
 #endif

@@ -3,9 +3,14 @@
 // This file is included by csrc/cpu/pyramid_pool.cpp with REIDFAST_CPU_ISA = generic (the
 // baseline of the target) and, on x86-64, by csrc/cpu/pyramid_pool_avx2.cpp with
 // REIDFAST_CPU_ISA = avx2 under a target("avx2,fma") pragma; the operator picks one at run time
-// from the CPU it runs on. All of it has internal linkage except the two entry points, so the two
-// compilations never mix. Every header it needs is included by the including file, before the
-// pragma, so library code keeps the baseline instruction set.
+// from the CPU it runs on, or as the environment variable REIDFAST_CPU_ISA says ("generic" runs
+// this file's generic compilation on any CPU: csrc/cpu/cpu_isa.h). All of it has internal linkage
+// except the two entry points, so the two compilations never mix. Every header it needs is
+// included by the including file, before the pragma, so library code keeps the baseline
+// instruction set.
+//
+// Positions h * W + w are int32 (the argmax's dtype): the operator checks H * W <= INT32_MAX
+// before calling a kernel (csrc/pyramid_pool.h).
 //
 // Design. Work is split into tasks of (batch b, a block of kChannelBlock channels); at::parallel_for
 // spreads them over the OpenMP threads. Each task
@@ -309,12 +314,23 @@ void fold_window_grads(const scalar_t* grad_out, const int32_t* argmax, const Ge
       }
     }
     if (mode.max) {
+      // The argmax comes from the caller: a position outside the window would index out of
+      // bounds, so it is refused (after the loop, which stays branch-predictable).
+      const int64_t lowest = g.stripe_rows[first] * g.width, end = g.stripe_rows[last] * g.width;
+      bool outside = false;
       for (int64_t k = 0; k < block; ++k) {
         const int32_t pos = argmax[row + k];
+        if (pos < lowest || pos >= end) {
+          outside = true;
+          continue;
+        }
         const int64_t slot = stripe_of_pos[pos] * kChannelBlock + k;
         sg.peak[slot] += static_cast<acc_t>(grad_out[row + k]);
         sg.peak_pos[slot] = pos;
       }
+      TORCH_CHECK_VALUE(!outside, "pyramid_pool_backward: argmax holds a position outside window ",
+                        i, " (rows [", g.stripe_rows[first], ", ", g.stripe_rows[last],
+                        ")); pass the argmax that pyramid_pool_forward returned");
     }
   }
 }

@@ -1,50 +1,62 @@
 // CPU operators of triplet_select: the generalised batch-hard selection (PLA Eq. 3-4) and the
 // gradient of the selected distances.
 //
-// Forward. The distance matrix is visited in tiles of at most kTileElements distances (whole rows
-// of the reference set while they fit, so a batch against itself is usually one tile): one matrix
-// multiply (at::mm_out, with all of ATen's threads) gives a tile's dot products; then
-// at::parallel_for spreads the tile's anchor rows over the threads, each forming its row's
-// distances in a contiguous buffer (a loop the compiler vectorises) and offering them to the
-// anchor's running selections (csrc/triplet_select.h: the k largest positives, the p smallest
+// Forward. The distance matrix is visited in tiles of at most kCpuTileElements distances
+// (csrc/distance.h; whole rows of the reference set while they fit, so a batch against itself is
+// usually one tile): one matrix multiply (at::mm_out, with all of ATen's threads) gives a tile's
+// dot products; then at::parallel_for spreads the tile's anchor rows over the threads, each forming
+// its row's distances in a contiguous buffer (a loop the compiler vectorises) and offering them to
+// the anchor's running selections (csrc/triplet_select.h: the k largest positives, the p smallest
 // negatives), which reject most candidates with one comparison once full. Memory beyond the
 // inputs is one tile plus (k + p) candidates per anchor of a tile: the N x M distance matrix is
 // not materialised, so memory banks of any size work.
 //
 // Backward. For a selected pair (i, j) with distance d and incoming gradient g, the coefficient
-// c = g / d (g when squared; 0 for the anchor's own pair, a clamped distance or a missing pair)
-// gives grad x_i += c (x_i - r_j) and grad r_j += c (r_j - x_i). The anchors' terms are written
-// per anchor; the partners' terms are grouped by partner (a counting sort, stable in anchor order)
-// and summed per partner row in parallel, so backward is deterministic without atomics.
+// c = g / d (2 g when squared; 0 for the anchor's own pair, a clamped or NaN distance, or a missing
+// pair) gives grad x_i += c (x_i - r_j) and grad r_j += c (r_j - x_i). Each row's terms are
+// summed as (sum of its coefficients) * its own row - sum of c * partner row, the form of the
+// reference's gradient (norm term minus matrix product), so that non-finite entries give the
+// same values. The anchors' terms are written per anchor; the partners' terms are grouped by
+// partner (a counting sort, stable in anchor order) and summed per partner row in parallel, so
+// backward is deterministic without atomics. A memory bank's gradient is computed only when asked
+// for (ref_grad): a frozen bank costs no [M, D] allocation, fill or pass beyond one read.
 //
-// Numerics. Half-precision inputs are converted to float32 once; float64 stays float64. The
-// distance is sqrt(max(|x_i|^2 + |r_j|^2 - 2 x_i.r_j, 1e-12)) (no sqrt when squared); the
-// anchor's own pair, under self_reference, is exactly 0. The selection does not depend on the
-// tiling (the ranking rule is a total order).
+// NaN and inf (the package's NaN policy: NaN exactly where the reference, which differentiates
+// a distance matrix built by matrix multiplies, has it). In the reference, grad x = G r (and
+// grad r = G^T x) sums over every row of the other operand, so a non-finite entry of its column c
+// makes entry c of each output row NaN through a zero coefficient, unless every such entry belongs
+// to a row linked to the output row by a pair with a non-zero coefficient (then c * inf is +-inf).
+// The backward checks x (and the bank) for non-finite entries in its passes; only when one is
+// found does it apply that rule, in a pass over the affected columns. Under self_reference the
+// reference has two products (x as the left and as the right operand), and both must be covered.
+//
+// Numerics. Half-precision inputs are converted to float32 once (a bank's rows are read in its
+// own dtype by the backward); float64 stays float64. The anchor's own pair, under
+// self_reference, is exactly 0. The selection does not depend on the tiling (the ranking rule is
+// a total order). Sizes and indices are int64 throughout (a bank of any M).
+#include "../distance.h"
 #include "../triplet_select.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/pow.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <tuple>
 #include <vector>
 
 namespace reidfast::cpu {
 namespace {
-
-// Distances per tile: 2^21 (8 MiB of float32) keeps a tile's dot products in the last-level cache
-// between the multiply that writes them and the selection that reads them.
-constexpr int64_t kTileElements = int64_t(1) << 21;
 
 // The selections of one anchor: up to k positives and p negatives, best first.
 template <typename acc_t>
@@ -53,10 +65,10 @@ struct AnchorSelections {
   std::vector<int64_t> pos_index, neg_index;
   RunningSelection<true, acc_t> pos;
   RunningSelection<false, acc_t> neg;
-  AnchorSelections(int64_t k, int64_t p)
+  AnchorSelections(int k, int p)
       : pos_dist(k), neg_dist(p), pos_index(k), neg_index(p),
-        pos(pos_dist.data(), pos_index.data(), static_cast<int>(k)),
-        neg(neg_dist.data(), neg_index.data(), static_cast<int>(p)) {}
+        pos(pos_dist.data(), pos_index.data(), k),
+        neg(neg_dist.data(), neg_index.data(), p) {}
   AnchorSelections(const AnchorSelections&) = delete;
   AnchorSelections& operator=(const AnchorSelections&) = delete;
 };
@@ -64,7 +76,7 @@ struct AnchorSelections {
 struct SelectInputs {
   at::Tensor x, ref, x_norm, ref_norm, labels, ref_labels;  // contiguous, x and ref in acc_t
   bool self_reference, squared;
-  int64_t k, p;
+  int k, p;  // the selections' capacities: min(k, M) and min(p, M)
 };
 
 // Offers row i's candidates among reference rows [col_begin, col_begin + cols) to its selections.
@@ -74,7 +86,7 @@ void offer_row(const SelectInputs& in, const acc_t* row_dots, int64_t i, int64_t
   const acc_t norm_i = in.x_norm.const_data_ptr<acc_t>()[i];
   const acc_t* norm_j = in.ref_norm.const_data_ptr<acc_t>() + col_begin;
   for (int64_t c = 0; c < cols; ++c) {
-    const acc_t square = std::max(norm_i + norm_j[c] - acc_t(2) * row_dots[c], acc_t(1e-12));
+    const acc_t square = clamp_square(norm_i + norm_j[c] - acc_t(2) * row_dots[c]);
     dist[c] = in.squared ? square : std::sqrt(square);
   }
   if (in.self_reference && i >= col_begin && i < col_begin + cols) dist[i - col_begin] = acc_t(0);
@@ -94,8 +106,8 @@ void select_all(const SelectInputs& in, acc_t* pos_out, acc_t* neg_out, int64_t*
                 int64_t* neg_index_out) {
   const int64_t n = in.x.size(0), m = in.ref.size(0);
   // Tile shape: whole reference rows for as many anchors as fit, else column blocks.
-  const int64_t tile_rows = std::clamp<int64_t>(kTileElements / std::max<int64_t>(m, 1), 1, n);
-  const int64_t tile_cols = std::min(m, std::max<int64_t>(kTileElements / tile_rows, 1));
+  const int64_t tile_rows = std::clamp<int64_t>(kCpuTileElements / std::max<int64_t>(m, 1), 1, n);
+  const int64_t tile_cols = std::min(m, std::max<int64_t>(kCpuTileElements / tile_rows, 1));
   at::Tensor dots = at::empty({tile_rows, tile_cols}, in.x.options());
   for (int64_t row_begin = 0; row_begin < n; row_begin += tile_rows) {
     const int64_t rows = std::min(tile_rows, n - row_begin);
@@ -150,12 +162,24 @@ at::ScalarType accumulation_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A selection never holds more candidates than the reference set has rows.
+int selection_capacity(int64_t rank, int64_t m, const char* name) {
+  const int64_t capacity = std::max<int64_t>(std::min(rank, m), 1);
+  TORCH_CHECK_VALUE(capacity <= std::numeric_limits<int>::max(), "triplet_select: ", name,
+                    " = ", rank, " with M = ", m, " exceeds ", std::numeric_limits<int>::max(),
+                    " candidates per anchor");
+  return static_cast<int>(capacity);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forward_cpu(
     const at::Tensor& x_in, const at::Tensor& labels_in, const at::Tensor& ref_in,
     const at::Tensor& ref_labels_in, bool self_reference, int64_t k, int64_t p, bool squared) {
   TORCH_INTERNAL_ASSERT(x_in.device().is_cpu());
   check_select_inputs(x_in, labels_in, ref_in, ref_labels_in, self_reference, k, p);
-  const int64_t n = x_in.size(0);
+  const int64_t n = x_in.size(0), m = ref_in.size(0);
+  SelectInputs in;
+  in.k = selection_capacity(k, m, "k");
+  in.p = selection_capacity(p, m, "p");
   const auto acc_type = accumulation_type(x_in);
   at::Tensor pos_dist = at::empty({n}, x_in.options().dtype(acc_type));
   at::Tensor neg_dist = at::empty({n}, x_in.options().dtype(acc_type));
@@ -164,7 +188,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
   if (n > 0) {
     // Detached: the op's autograd is registered around it, and at::mm_out refuses inputs that
     // require grad.
-    SelectInputs in;
     in.x = x_in.detach().to(acc_type).contiguous();
     in.ref = self_reference ? in.x : ref_in.detach().to(acc_type).contiguous();
     in.x_norm = in.x.pow(2).sum(1);
@@ -173,8 +196,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
     in.ref_labels = ref_labels_in.contiguous();
     in.self_reference = self_reference;
     in.squared = squared;
-    in.k = k;
-    in.p = p;
     AT_DISPATCH_FLOATING_TYPES(acc_type, "triplet_select_forward_cpu", [&] {
       select_all<scalar_t>(in, pos_dist.mutable_data_ptr<scalar_t>(),
                            neg_dist.mutable_data_ptr<scalar_t>(),
@@ -185,65 +206,207 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
   return {pos_dist.to(x_in.scalar_type()), neg_dist.to(x_in.scalar_type()), pos_index, neg_index};
 }
 
-// The coefficient c of one selected pair (see the file header).
+// Whether `count` values hold no NaN or inf: v * 0 is 0 for a finite v and NaN otherwise, summed
+// in independent lanes that the compiler vectorises (a read of the data, nothing more).
+template <typename acc_t, typename scalar_t>
+bool all_finite(const scalar_t* data, int64_t count) {
+  constexpr int64_t kLanes = 8;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(data[i + j]) * acc_t(0);
+  }
+  for (; i < count; ++i) lanes[0] += static_cast<acc_t>(data[i]) * acc_t(0);
+  acc_t total = 0;
+  for (const acc_t lane : lanes) total += lane;
+  return total == total;
+}
+
+// The coefficient c of one selected pair (see the file header); NaN for a NaN incoming gradient on
+// a pair that has a gradient, as the reference's.
 template <typename acc_t>
 acc_t pair_coefficient(acc_t grad, acc_t dist, int64_t index, bool squared) {
+  if (index < 0) return acc_t(0);
   const acc_t square = squared ? dist : dist * dist;
-  if (index < 0 || !(square > acc_t(1e-12))) return acc_t(0);
+  if (!(square > static_cast<acc_t>(kDistanceEps))) return acc_t(0);  // clamped (or NaN)
   return squared ? acc_t(2) * grad : grad / dist;
 }
 
+// The backward's pairs: two per anchor, entry 2i its positive and 2i + 1 its negative; a pair is
+// live when its coefficient is not 0 (NaN is live). Pairs are grouped by partner (counting sort,
+// stable in anchor order) when the partners' terms are needed.
 template <typename acc_t>
-void backward_all(const acc_t* grad_pos, const acc_t* grad_neg, const acc_t* x, const acc_t* ref,
-                  const acc_t* pos_dist, const acc_t* neg_dist, const int64_t* pos_index,
-                  const int64_t* neg_index, int64_t n, int64_t m, int64_t d, bool self_reference,
-                  bool squared, acc_t* grad_x, acc_t* grad_ref) {
-  // Two pairs per anchor: entry 2i is the positive, 2i + 1 the negative.
-  std::vector<acc_t> coefficient(2 * n);
-  std::vector<int64_t> partner(2 * n);
-  for (int64_t i = 0; i < n; ++i) {
-    coefficient[2 * i] = pair_coefficient(grad_pos[i], pos_dist[i], pos_index[i], squared);
-    coefficient[2 * i + 1] = pair_coefficient(grad_neg[i], neg_dist[i], neg_index[i], squared);
-    partner[2 * i] = pos_index[i];
-    partner[2 * i + 1] = neg_index[i];
+struct Pairs {
+  std::vector<acc_t> coefficient;
+  std::vector<int64_t> partner;
+  std::vector<int64_t> start, order;  // partner j's live pairs: order[start[j] .. start[j + 1])
+
+  bool live(int64_t e) const { return coefficient[e] != acc_t(0); }
+
+  void group_by_partner(int64_t m) {
+    start.assign(m + 1, 0);
+    for (size_t e = 0; e < coefficient.size(); ++e) {
+      if (live(e)) ++start[partner[e] + 1];
+    }
+    for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
+    order.resize(start[m]);
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (size_t e = 0; e < coefficient.size(); ++e) {
+      if (live(e)) order[fill[partner[e]]++] = static_cast<int64_t>(e);
+    }
   }
-  // Anchors' terms: grad x_i = sum over its pairs of c (x_i - r_j).
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t* out = grad_x + i * d;
-      const acc_t* xi = x + i * d;
-      std::fill(out, out + d, acc_t(0));
-      for (int64_t e = 2 * i; e < 2 * i + 2; ++e) {
-        if (coefficient[e] == acc_t(0)) continue;
-        const acc_t c = coefficient[e];
-        const acc_t* rj = ref + partner[e] * d;
-        for (int64_t t = 0; t < d; ++t) out[t] += c * (xi[t] - rj[t]);
+};
+
+// out[t, c] = NaN where the reference's product sums a non-finite entry of `other` column c with
+// a zero coefficient: `other` has more non-finite entries in column c than the rows linked to
+// output row t by live pairs hold. links(t, visit) calls visit(row of other) for each link.
+template <typename acc_t, typename other_t, typename out_t, typename Links>
+void nan_where_uncovered(const other_t* other, int64_t other_rows, int64_t d, int64_t out_rows,
+                         const Links& links, out_t* out) {
+  std::vector<int64_t> count(d, 0);
+  for (int64_t o = 0; o < other_rows; ++o) {
+    if (all_finite<acc_t>(other + o * d, d)) continue;
+    for (int64_t c = 0; c < d; ++c) count[c] += !std::isfinite(static_cast<acc_t>(other[o * d + c]));
+  }
+  std::vector<int64_t> columns;
+  for (int64_t c = 0; c < d; ++c) {
+    if (count[c] > 0) columns.push_back(c);
+  }
+  if (columns.empty()) return;
+  const out_t nan = static_cast<out_t>(std::numeric_limits<acc_t>::quiet_NaN());
+  at::parallel_for(0, out_rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (const int64_t c : columns) {
+        int64_t covered = 0;
+        links(t, [&](int64_t o) { covered += !std::isfinite(static_cast<acc_t>(other[o * d + c])); });
+        if (covered < count[c]) out[t * d + c] = nan;
       }
     }
   });
-  // Partners' terms, grouped by partner row (counting sort, stable in anchor order).
-  std::vector<int64_t> start(m + 1, 0);
-  for (int64_t e = 0; e < 2 * n; ++e) {
-    if (coefficient[e] != acc_t(0)) ++start[partner[e] + 1];
+}
+
+// One row's gradient, written to out [D]: (sum of c) own - sum of c other over the row's live
+// pairs, which for_each_pair(visit) passes to visit(c, other) (the form of the reference's
+// gradient, see the file header).
+template <typename acc_t, typename own_t, typename ForEachPair>
+void row_gradient(const own_t* own, int64_t d, const ForEachPair& for_each_pair, acc_t* out) {
+  acc_t total = 0;
+  for_each_pair([&](acc_t c, const auto*) { total += c; });
+  for (int64_t t = 0; t < d; ++t) out[t] = total * static_cast<acc_t>(own[t]);
+  for_each_pair([&](acc_t c, const auto* other) {
+    for (int64_t t = 0; t < d; ++t) out[t] -= c * static_cast<acc_t>(other[t]);
+  });
+}
+
+struct BackwardShape {
+  int64_t n, m, d;
+  bool self_reference, squared, ref_grad;
+};
+
+// grad_x [N, D] (acc_t) and, when ref_grad and not self_reference, grad_ref [M, D] (the bank's
+// dtype, ref_t). Under self_reference, ref is x.
+template <typename acc_t, typename ref_t>
+void backward_all(const BackwardShape& s, const acc_t* grad_pos, const acc_t* grad_neg,
+                  const acc_t* x, const ref_t* ref, const acc_t* pos_dist, const acc_t* neg_dist,
+                  const int64_t* pos_index, const int64_t* neg_index, acc_t* grad_x,
+                  ref_t* grad_ref) {
+  const int64_t n = s.n, m = s.m, d = s.d;
+  Pairs<acc_t> pairs;
+  pairs.coefficient.resize(2 * n);
+  pairs.partner.resize(2 * n);
+  for (int64_t i = 0; i < n; ++i) {
+    for (const int64_t index : {pos_index[i], neg_index[i]}) {
+      TORCH_CHECK_VALUE(index >= -1 && index < m, "triplet_select_backward: index ", index,
+                        " of anchor ", i, " is outside [-1, M = ", m, ")");
+    }
+    pairs.coefficient[2 * i] = pair_coefficient(grad_pos[i], pos_dist[i], pos_index[i], s.squared);
+    pairs.coefficient[2 * i + 1] =
+        pair_coefficient(grad_neg[i], neg_dist[i], neg_index[i], s.squared);
+    pairs.partner[2 * i] = pos_index[i];
+    pairs.partner[2 * i + 1] = neg_index[i];
   }
-  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
-  std::vector<int64_t> order(start[m]);
-  std::vector<int64_t> fill(start.begin(), start.end() - 1);
-  for (int64_t e = 0; e < 2 * n; ++e) {
-    if (coefficient[e] != acc_t(0)) order[fill[partner[e]]++] = e;
+
+  // Pairs of anchor i: its live pairs, with the partner's row of ref.
+  const auto anchor_pairs = [&](int64_t i, const auto& visit) {
+    for (int64_t e = 2 * i; e < 2 * i + 2; ++e) {
+      if (pairs.live(e)) visit(pairs.coefficient[e], ref + pairs.partner[e] * d);
+    }
+  };
+  // Pairs of reference row j: the live pairs that chose it, with the anchor's row of x.
+  const auto partner_pairs = [&](int64_t j, const auto& visit) {
+    for (int64_t q = pairs.start[j]; q < pairs.start[j + 1]; ++q) {
+      visit(pairs.coefficient[pairs.order[q]], x + (pairs.order[q] / 2) * d);
+    }
+  };
+
+  // Anchors' terms, and whether x is finite (read while its rows are in the cache).
+  const bool x_finite = at::parallel_reduce(
+      0, n, 16, true,
+      [&](int64_t begin, int64_t end, bool finite) {
+        for (int64_t i = begin; i < end; ++i) {
+          finite = all_finite<acc_t>(x + i * d, d) && finite;
+          row_gradient(x + i * d, d, [&](const auto& visit) { anchor_pairs(i, visit); }, grad_x + i * d);
+        }
+        return finite;
+      },
+      std::logical_and<bool>());
+
+  // Partners' terms: against itself they add to grad_x, against a bank they are grad_ref
+  // (computed only when asked for).
+  if (s.self_reference || s.ref_grad) {
+    pairs.group_by_partner(m);
+    at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(d);
+      for (int64_t j = begin; j < end; ++j) {
+        const bool chosen = pairs.start[j] != pairs.start[j + 1];
+        if (chosen) row_gradient(ref + j * d, d, [&](const auto& visit) { partner_pairs(j, visit); }, row.data());
+        if (s.self_reference) {
+          if (!chosen) continue;
+          acc_t* out = grad_x + j * d;
+          for (int64_t t = 0; t < d; ++t) out[t] += row[t];
+        } else {
+          ref_t* out = grad_ref + j * d;
+          for (int64_t t = 0; t < d; ++t) out[t] = chosen ? static_cast<ref_t>(row[t]) : ref_t(0);
+        }
+      }
+    });
   }
-  // Against itself, the partners' terms add to grad_x; against a bank they fill grad_ref.
-  acc_t* partner_out = self_reference ? grad_x : grad_ref;
+
+  // The reference's NaN pattern where x or the bank has a NaN or inf (see the file header).
+  const bool ref_finite =
+      s.self_reference ||
+      at::parallel_reduce(
+          0, m, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), true,
+          [&](int64_t begin, int64_t end, bool finite) {
+            return all_finite<acc_t>(ref + begin * d, (end - begin) * d) && finite;
+          },
+          std::logical_and<bool>());
+  if (x_finite && ref_finite) return;
+  // Rows of ref that anchor i reaches by a live pair, and anchors that reach ref row j.
+  const auto partners_of = [&](int64_t i, const auto& visit) {
+    for (int64_t e = 2 * i; e < 2 * i + 2; ++e) {
+      if (pairs.live(e)) visit(pairs.partner[e]);
+    }
+  };
+  const auto anchors_of = [&](int64_t j, const auto& visit) {
+    for (int64_t q = pairs.start[j]; q < pairs.start[j + 1]; ++q) visit(pairs.order[q] / 2);
+  };
+  if (s.self_reference) {
+    nan_where_uncovered<acc_t>(x, n, d, n, partners_of, grad_x);
+    nan_where_uncovered<acc_t>(x, n, d, n, anchors_of, grad_x);
+    return;
+  }
+  nan_where_uncovered<acc_t>(ref, m, d, n, partners_of, grad_x);
+  if (!s.ref_grad) return;
+  nan_where_uncovered<acc_t>(x, n, d, m, anchors_of, grad_ref);
+  // A bank row without live pairs has grad 0 * r_j in the reference: NaN at its non-finite entries.
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      acc_t* out = partner_out + j * d;
-      if (!self_reference) std::fill(out, out + d, acc_t(0));
-      const acc_t* rj = ref + j * d;
-      for (int64_t q = start[j]; q < start[j + 1]; ++q) {
-        const int64_t e = order[q];
-        const acc_t c = coefficient[e];
-        const acc_t* xi = x + (e / 2) * d;
-        for (int64_t t = 0; t < d; ++t) out[t] += c * (rj[t] - xi[t]);
+      if (pairs.start[j] != pairs.start[j + 1] || all_finite<acc_t>(ref + j * d, d)) continue;
+      for (int64_t t = 0; t < d; ++t) {
+        if (!std::isfinite(static_cast<acc_t>(ref[j * d + t]))) {
+          grad_ref[j * d + t] = static_cast<ref_t>(std::numeric_limits<acc_t>::quiet_NaN());
+        }
       }
     }
   });
@@ -253,31 +416,51 @@ std::tuple<at::Tensor, at::Tensor> triplet_select_backward_cpu(
     const at::Tensor& grad_pos_in, const at::Tensor& grad_neg_in, const at::Tensor& x_in,
     const at::Tensor& ref_in, const at::Tensor& pos_dist_in, const at::Tensor& neg_dist_in,
     const at::Tensor& pos_index_in, const at::Tensor& neg_index_in, bool self_reference,
-    bool squared) {
+    bool squared, bool ref_grad) {
   TORCH_INTERNAL_ASSERT(x_in.device().is_cpu());
-  const int64_t n = x_in.size(0), m = ref_in.size(0), d = x_in.size(1);
-  for (const at::Tensor* t : {&grad_pos_in, &grad_neg_in, &pos_dist_in, &neg_dist_in, &pos_index_in, &neg_index_in}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == n,
-                      "triplet_select_backward: per-anchor tensors must be [N] with N = ", n,
+  TORCH_CHECK_VALUE(x_in.dim() == 2 && ref_in.dim() == 2 && x_in.size(1) == ref_in.size(1),
+                    "triplet_select_backward: x [N, D] and ref [M, D] must share D, got ",
+                    x_in.sizes(), " and ", ref_in.sizes());
+  TORCH_CHECK_TYPE(x_in.scalar_type() == ref_in.scalar_type(),
+                   "triplet_select_backward: ref must have x's dtype ", x_in.scalar_type(),
+                   ", got ", ref_in.scalar_type());
+  const BackwardShape shape{x_in.size(0), ref_in.size(0), x_in.size(1), self_reference, squared,
+                            ref_grad && !self_reference};
+  TORCH_CHECK_VALUE(!self_reference || shape.m == shape.n,
+                    "triplet_select_backward: self_reference needs ref to be x");
+  for (const at::Tensor* t :
+       {&grad_pos_in, &grad_neg_in, &pos_dist_in, &neg_dist_in, &pos_index_in, &neg_index_in}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == shape.n,
+                      "triplet_select_backward: per-anchor tensors must be [N] with N = ", shape.n,
                       ", got ", t->sizes());
   }
+  TORCH_CHECK_TYPE(pos_index_in.scalar_type() == at::kLong && neg_index_in.scalar_type() == at::kLong,
+                   "triplet_select_backward: pos_index and neg_index must be int64");
   const auto acc_type = accumulation_type(x_in);
   const auto as_acc = [&](const at::Tensor& t) { return t.detach().to(acc_type).contiguous(); };
-  const at::Tensor x = as_acc(x_in), ref = self_reference ? x : as_acc(ref_in);
+  const at::Tensor x = as_acc(x_in);
+  // The bank stays in its dtype: the backward reads its rows, it does not convert it.
+  const at::Tensor ref = self_reference ? x : ref_in.detach().contiguous();
   const at::Tensor grad_pos = as_acc(grad_pos_in), grad_neg = as_acc(grad_neg_in);
   const at::Tensor pos_dist = as_acc(pos_dist_in), neg_dist = as_acc(neg_dist_in);
   const at::Tensor pos_index = pos_index_in.contiguous(), neg_index = neg_index_in.contiguous();
-  at::Tensor grad_x = at::empty({n, d}, x.options());
-  at::Tensor grad_ref = at::empty({self_reference ? 0 : m, d}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "triplet_select_backward_cpu", [&] {
-    backward_all<scalar_t>(grad_pos.const_data_ptr<scalar_t>(), grad_neg.const_data_ptr<scalar_t>(),
-                           x.const_data_ptr<scalar_t>(), ref.const_data_ptr<scalar_t>(),
-                           pos_dist.const_data_ptr<scalar_t>(), neg_dist.const_data_ptr<scalar_t>(),
-                           pos_index.const_data_ptr<int64_t>(), neg_index.const_data_ptr<int64_t>(),
-                           n, m, d, self_reference, squared, grad_x.mutable_data_ptr<scalar_t>(),
-                           grad_ref.mutable_data_ptr<scalar_t>());
-  });
-  return {grad_x.to(x_in.scalar_type()), grad_ref.to(ref_in.scalar_type())};
+  at::Tensor grad_x = at::empty({shape.n, shape.d}, x.options());
+  at::Tensor grad_ref = at::empty({shape.ref_grad ? shape.m : 0, shape.d}, ref_in.options());
+  if (shape.n > 0 && shape.d > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ref.scalar_type(), "triplet_select_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      backward_all<acc_t, scalar_t>(
+          shape, grad_pos.const_data_ptr<acc_t>(), grad_neg.const_data_ptr<acc_t>(),
+          x.const_data_ptr<acc_t>(), ref.const_data_ptr<scalar_t>(),
+          pos_dist.const_data_ptr<acc_t>(), neg_dist.const_data_ptr<acc_t>(),
+          pos_index.const_data_ptr<int64_t>(), neg_index.const_data_ptr<int64_t>(),
+          grad_x.mutable_data_ptr<acc_t>(),
+          shape.ref_grad ? grad_ref.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+  } else if (shape.ref_grad) {
+    grad_ref.zero_();
+  }
+  return {grad_x.to(x_in.scalar_type()), grad_ref};
 }
 
 }  // namespace
