@@ -2,53 +2,69 @@
 // reidfast/ops/adaptive_margin.py), its margins and, when asked, its gradient, without ever
 // writing the N x N distance matrix to global memory.
 //
-// Distances. D_ij = max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12) in float32 (NaN stays NaN). The
-// squared row norms are computed once by row_norms_kernel into an [N] float32 buffer; the dot
-// products come from 64 x 64 tiles computed on chip: a block owns the 64 rows of a row tile I and
-// walks column tiles J; per tile, D is consumed in chunks of 16 elements, the chunk's 64 + 64 rows
-// converted to float32 and staged in shared memory (k-major, double-buffered, the next chunk's
-// global loads in flight while the current one is multiplied, one __syncthreads per chunk), and
-// multiplied with FFMA, thread (ty, tx) = (t / 16, t % 16) owning rows 4 ty .. 4 ty + 3 and
-// columns tx + 16 q, q < 4. Every element type runs on this float32 path (a product of two half
-// or bfloat16 values is exact in float32; only the accumulation rounds). The code that computes
-// the pair (i, j) in tile (I, J) and (j, i) in tile (J, I) performs the same operations, so D, and
-// with it every test and slope, is exactly symmetric.
+// Distances. D_ij = clamp_square(|x_i|^2 + |x_j|^2 - 2 x_i.x_j) in float32 (csrc/distance.h: NaN
+// and inf propagate). The squared row norms are computed once by row_norms_kernel
+// (distance_tile.cuh) into an [N] float32 buffer; the dot products come from 64 x 64 tiles
+// computed on chip: a block owns the 64 rows of a row tile I and walks column tiles J; per tile,
+// D is consumed in chunks of 16 elements, the chunk's 64 + 64 rows converted to float32 and
+// staged in shared memory (k-major, double-buffered, the next chunk's global loads in flight
+// while the current one is multiplied, one __syncthreads per chunk), and multiplied with FFMA,
+// thread (ty, tx) = (t / 16, t % 16) owning rows 4 ty .. 4 ty + 3 and columns tx + 16 q, q < 4.
+// Every element type runs on this float32 path (a product of two half or bfloat16 values is exact
+// in float32; only the accumulation rounds). The code that computes the pair (i, j) in tile
+// (I, J) and (j, i) in tile (J, I) performs the same operations, so D, and with it every test and
+// slope, is exactly symmetric.
 //
-// Passes (all on the current stream; nothing is read back but the pair counts, at the end):
+// Passes (all on the current stream; nothing is read back to the host, so a call can be captured
+// in a CUDA graph):
 //   1. pair_pass_kernel<kStats>, grid (row tiles, splits): block (I, s) visits the column tiles
 //      J = I + s, I + s + splits, ... and sums, over its pairs i < j, the positive and negative
 //      pairs' distances and counts the positive pairs, in double; a deterministic block
 //      reduction (warp butterflies, then the warps in order) writes one partial per block.
 //   2. margins_kernel, one block: adds the partials in a fixed order and computes s, d,
-//      Mp = -expm1(-mu d) / mu, Mn = softplus(gamma s) / gamma (without overflow), the
-//      reduction's scales and the pair counts, into a small device state.
+//      Mp = -expm1(-mu d) / mu, Mn = softplus(gamma s) / gamma (without overflow) and the
+//      reduction's scales into a small device state.
 //   3. pair_pass_kernel<kLoss> (same grid as pass 1) or, when the gradient is asked for,
 //      pair_pass_kernel<kLossGrad>, grid (row tiles): block I visits every column tile J, in
 //      order, on both sides of the diagonal. The hinge terms of the pairs i < j are summed as in
-//      pass 1; the slopes W_IJ (scale_pos for a positive pair with D > Mp, -scale_neg for a
-//      negative pair with Mn > D, 0 otherwise, on the diagonal and where D was clamped) are
-//      stored transposed in shared memory, their row sums kept in registers, and W_IJ x_J, a
-//      second GEMM over D in slices of 64 columns (x_J's slice staged in shared memory, thread
-//      (ty, tx) owning rows 4 ty + i and columns tx + 16 q), is added into a float32 accumulator
-//      of the block's rows (grad_x itself for float32 x); a tile whose slopes are all zero is
-//      skipped. At the end the block writes grad[I] = 2 (rowsum(W_I) x_I - sum_J W_IJ x_J) in x's
-//      dtype. Each grad row is written by one block, in a fixed order: deterministic.
+//      pass 1; the slopes W_IJ (scale_pos for an active positive pair, -scale_neg for an active
+//      negative pair, 0 otherwise, on the diagonal and where the clamp is active) are stored
+//      transposed in shared memory, their row sums kept in registers, and W_IJ x_J, a second GEMM
+//      over D in slices of 64 columns (x_J's slice staged in shared memory, thread (ty, tx)
+//      owning rows 4 ty + i and columns tx + 16 q), is added into a float32 accumulator of the
+//      block's rows (grad_x itself for float32 x); a tile whose slopes are all zero is skipped.
+//      At the end the block writes grad[I] = 2 (rowsum(W_I) x_I - sum_J W_IJ x_J) in x's dtype.
+//      Each grad row is written by one block, in a fixed order: deterministic.
 //   4. loss_kernel, one block: the loss from the pass-3 partials, in a fixed order.
-// Then the pair counts are copied to the host (one synchronisation) to refuse a batch without a
-// positive or a negative pair.
 //
-// Limits: 2 <= N < 2**31; int64 offsets throughout; the pair counts are summed in double, exact
-// below 2**53 pairs (N < 1.3e8). Loads are 16-byte (float32) or 8-byte (half, bfloat16) vectors
-// when D % 4 == 0 and x is aligned, element loads otherwise. No tensor cores: half and bfloat16 run at the float32 FFMA rate. With the gradient
-// the grid has one block per 64 rows, so small batches leave most of a large GPU idle. The dot
-// products are summed in another order than the reference's matmul, so distances differ from it
-// by rounding, and a pair within rounding of a margin may fall on the other side of it. Shared
-// memory: about 37 KiB, static.
+// NaN, as the reference computes it. A hinge term max(t, 0) is active (its gradient passes) unless
+// t <= 0, so a NaN term is active: a NaN distance or margin gives a NaN loss, and pairs with NaN
+// margins keep their slopes. A pair whose squared distance is NaN or below the clamp's epsilon has
+// no slope (the clamp's gradient). The reference's gradient comes from dense matrix products with
+// the [N, N] gradient of the distance matrix, where a zero times a NaN or an infinity is NaN; that
+// gradient is zero on and below the diagonal (only the pairs i < j are used), so every row meets a
+// zero coefficient against every row of x, and every column of x holding a non-finite value is
+// NaN in the whole gradient (those columns are found from the rows whose norm is not finite, so a
+// finite batch costs one read of the norms). A
+// batch without a positive (negative) pair has a NaN mean s (d), so a NaN loss, as in the
+// reference: the op does not check it, which would need the pair counts on the host.
+//
+// Limits (checked before launch): 2 <= N <= 2**27, so that the pair counts, summed in double,
+// are exact (N (N - 1) / 2 < 2**53); int64 offsets throughout. Loads are 16-byte (float32) or
+// 8-byte (half, bfloat16) vectors when D % 4 == 0 and x is aligned, element loads otherwise. No
+// tensor cores: half and bfloat16 run at the float32 FFMA rate. With the gradient the grid has one
+// block per 64 rows, so small batches leave most of a large GPU idle. The dot products are summed
+// in another order than the reference's matmul, so distances differ from it by rounding, and a
+// pair within rounding of a margin may fall on the other side of it. Shared memory: about 37 KiB,
+// static.
+#include "../reduction.h"
 #include "device_types.cuh"
+#include "distance_tile.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -70,7 +86,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kTile = 64;                      // rows of a row tile, and of a column tile
 constexpr int kChunk = 16;                     // D elements per staged chunk of the dot products
 constexpr int kStride = kTile + 4;             // floats between two k of a staged chunk
@@ -79,7 +94,6 @@ constexpr int kSlice = 64;                     // D columns per slice of the gra
 constexpr int kSliceStride = kSlice + 4;       // floats between two rows of a staged slice
 constexpr int kStageFloats = 2 * kChunkFloats;      // two chunks, or one slice
 constexpr int kSlopeStride = kTile + 4;        // floats between two columns of the slope tile
-constexpr float kDistanceEps = 1e-12f;
 constexpr int kTargetBlocks = 1024;            // blocks of the passes without gradient
 
 // The pair passes.
@@ -87,10 +101,8 @@ constexpr int kStats = 0;     // sums and counts of the distances
 constexpr int kLoss = 1;      // hinge terms
 constexpr int kLossGrad = 2;  // hinge terms and the gradient
 
-// Reductions (the op's `reduction` argument).
-constexpr int kReduceMean = 0;
-constexpr int kReduceSum = 1;
-constexpr int kReduceBalanced = 2;
+// The largest batch: the pair counts, sums of integers in double, are exact below 2**53 pairs.
+constexpr int64_t kMaxBatch = int64_t{1} << 27;
 
 static_assert(kThreads == kTile * (kChunk / 4), "one 4-element load per thread, tile and chunk");
 static_assert(kThreads == kTile * (kSlice / 16), "four 4-element loads per thread and slice");
@@ -121,7 +133,8 @@ int64_t column_splits(int64_t tiles) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Element types (float, __half, __nv_bfloat16): loads as float32 (conversions in device_types.cuh).
+// Element types (float, __half, __nv_bfloat16): loaded 4 at a time as float32 (load_floats of
+// distance_tile.cuh).
 
 // A thread's 4 x 4 block of a tile product, rows 4 ty + i and columns tx + 16 q.
 __device__ __forceinline__ void zero_4x4(float (&acc)[4][4]) {
@@ -146,36 +159,6 @@ __device__ __forceinline__ void add_outer_product_4x4(float (&acc)[4][4], const 
   }
 }
 
-// Elements [k, k + 4) of a row as float32; zeros past d, and for row == nullptr (past the last
-// row). Vector loads need vec_ok (so k + 4 <= d whenever k < d, k being a multiple of 4).
-template <typename T>
-__device__ __forceinline__ void load4(const T* row, int64_t k, int64_t d, bool vec_ok,
-                                      float (&out)[4]) {
-  if (row == nullptr || k >= d) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) out[e] = 0.f;
-    return;
-  }
-  if (vec_ok) {
-    if constexpr (std::is_same_v<T, float>) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(row + k));
-      out[0] = v.x;
-      out[1] = v.y;
-      out[2] = v.z;
-      out[3] = v.w;
-    } else {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + k));
-      out[0] = half_bits_to_float<T>(v.x & 0xffffu);
-      out[1] = half_bits_to_float<T>(v.x >> 16);
-      out[2] = half_bits_to_float<T>(v.y & 0xffffu);
-      out[3] = half_bits_to_float<T>(v.y >> 16);
-    }
-    return;
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) out[e] = k + e < d ? to_float(row[k + e]) : 0.f;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Block-wide building blocks; every thread of the block calls them.
 
@@ -193,8 +176,8 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, const PassPara
   zero_4x4(acc);
   const int64_t chunks = (pp.d + kChunk - 1) / kChunk;
   float a[4], b[4];
-  load4<T>(a_row, kq, pp.d, pp.vec_ok, a);
-  load4<T>(b_row, kq, pp.d, pp.vec_ok, b);
+  load_floats<T, 4>(a_row, kq, pp.d, pp.vec_ok, a);
+  load_floats<T, 4>(b_row, kq, pp.d, pp.vec_ok, b);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     float* as = stage + (chunk & 1) * kChunkFloats;  // as[k * kStride + row]
     float* bs = as + kChunk * kStride;
@@ -206,8 +189,8 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, const PassPara
     __syncthreads();
     if (chunk + 1 < chunks) {
       const int64_t k = (chunk + 1) * kChunk + kq;
-      load4<T>(a_row, k, pp.d, pp.vec_ok, a);
-      load4<T>(b_row, k, pp.d, pp.vec_ok, b);
+      load_floats<T, 4>(a_row, k, pp.d, pp.vec_ok, a);
+      load_floats<T, 4>(b_row, k, pp.d, pp.vec_ok, b);
     }
 #pragma unroll
     for (int k = 0; k < kChunk; ++k) {
@@ -249,7 +232,7 @@ __device__ __forceinline__ void accumulate_slopes(const T* __restrict__ x, const
   const int64_t slices = (pp.d + kSlice - 1) / kSlice;
   float v[4][4];
 #pragma unroll
-  for (int u = 0; u < 4; ++u) load4<T>(src, kq + 4 * u, pp.d, pp.vec_ok, v[u]);
+  for (int u = 0; u < 4; ++u) load_floats<T, 4>(src, kq + 4 * u, pp.d, pp.vec_ok, v[u]);
   for (int64_t slice = 0; slice < slices; ++slice) {
     const int64_t k0 = slice * kSlice;
 #pragma unroll
@@ -260,7 +243,9 @@ __device__ __forceinline__ void accumulate_slopes(const T* __restrict__ x, const
     __syncthreads();
     if (slice + 1 < slices) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) load4<T>(src, k0 + kSlice + kq + 4 * u, pp.d, pp.vec_ok, v[u]);
+      for (int u = 0; u < 4; ++u) {
+        load_floats<T, 4>(src, k0 + kSlice + kq + 4 * u, pp.d, pp.vec_ok, v[u]);
+      }
     }
     float out[4][4];
     zero_4x4(out);
@@ -283,7 +268,7 @@ __device__ __forceinline__ void block_sum(double (&v)[kValues], double* scratch)
   for (int q = 0; q < kValues; ++q) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
-      v[q] += __shfl_xor_sync(kFullMask, v[q], offset);
+      v[q] += __shfl_xor_sync(kFullWarpMask, v[q], offset);
     }
     if (lane == 0) scratch[warp * kValues + q] = v[q];
   }
@@ -301,35 +286,17 @@ __device__ __forceinline__ void block_sum(double (&v)[kValues], double* scratch)
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-// out[row] = sum of squares of x's row in float32. A warp per row; grid: ceil(n / 8) blocks.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, float* __restrict__ out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (row >= n) return;  // the whole warp
-  const T* src = x + row * d;
-  float sum = 0.f;
-  for (int64_t k = lane; k < d; k += 32) {
-    const float f = to_float(src[k]);
-    sum = fmaf(f, f, sum);
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
-  if (lane == 0) out[row] = sum;
-}
-
 // The pair passes; see the header. Block (blockIdx.x, blockIdx.y) owns the rows
 // [64 blockIdx.x, + 64) and writes its partial sums to partials[(blockIdx.y * gridDim.x +
 // blockIdx.x) * kValues + v]: kStats (pos_sum, neg_sum, pos_count), otherwise (pos_terms,
 // neg_terms), unscaled. kLossGrad: gridDim.y == 1; grad_acc [n, d] float32 and grad_out [n, d]
-// (the same memory for float32 x).
+// (the same memory for float32 x); nonfinite [d]: per column of x, its NaN and infinities.
 template <typename T, int kMode>
 __global__ void __launch_bounds__(kThreads)
     pair_pass_kernel(const T* __restrict__ x, const float* __restrict__ norms,
                      const int64_t* __restrict__ labels, const PassParams pp,
                      const MarginState* __restrict__ state, double* __restrict__ partials,
-                     float* grad_acc, T* grad_out) {
+                     float* grad_acc, T* grad_out, const int32_t* __restrict__ nonfinite) {
   constexpr int kValues = kMode == kStats ? 3 : 2;
   __shared__ __align__(16) float stage[kStageFloats];
   __shared__ __align__(16) float slopes[kMode == kLossGrad ? kTile * kSlopeStride : 4];
@@ -383,8 +350,8 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t gj = col0 + c;
         const bool valid = gi < pp.n && gj < pp.n;
         const bool counted = valid && gj > gi;  // the pair i < j, counted once
-        float dist = (row_norm_s[r] + col_norm_s[c]) - 2.f * acc[i][q];
-        dist = dist < kDistanceEps ? kDistanceEps : dist;  // NaN stays NaN
+        const float square = pair_square(row_norm_s[r], col_norm_s[c], acc[i][q]);
+        const float dist = clamp_square(square);
         const bool same = row_label_s[r] == col_label_s[c];
         if constexpr (kMode == kStats) {
           if (counted) {
@@ -396,19 +363,18 @@ __global__ void __launch_bounds__(kThreads)
             }
           }
         } else {
+          // The hinge term max(gap, 0) is active unless gap <= 0: a NaN gap is (max(NaN, 0) is
+          // NaN, and its gradient passes), so a NaN distance or margin reaches the loss.
+          const float gap = same ? dist - mp : mn - dist;
           float w = 0.f;
-          if (same) {
-            if (dist > mp) {
-              if (counted) sums[0] += static_cast<double>(dist - mp);
-              w = pos_slope;
-            }
-          } else if (mn > dist) {
-            if (counted) sums[1] += static_cast<double>(mn - dist);
-            w = -neg_slope;
+          if (!(gap <= 0.f)) {
+            if (counted) (same ? sums[0] : sums[1]) += static_cast<double>(gap);
+            w = same ? pos_slope : -neg_slope;
           }
           if constexpr (kMode == kLossGrad) {
-            // No slope off the pairs, on the diagonal, or where the clamp is active.
-            if (!valid || gi == gj || !(dist > kDistanceEps)) w = 0.f;
+            // No slope off the pairs, on the diagonal, or where the clamp's gradient is zero: a
+            // square below its epsilon, or NaN.
+            if (!valid || gi == gj || !(square >= static_cast<float>(kDistanceEps))) w = 0.f;
             slopes[c * kSlopeStride + r] = w;
             tile_row_sum[i] += w;
             any_slope = any_slope || w != 0.f;
@@ -423,7 +389,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int offset = 1; offset < 16; offset <<= 1) {
-          tile_row_sum[i] += __shfl_xor_sync(kFullMask, tile_row_sum[i], offset);
+          tile_row_sum[i] += __shfl_xor_sync(kFullWarpMask, tile_row_sum[i], offset);
         }
         row_sum[i] += tile_row_sum[i];
       }
@@ -436,12 +402,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   if constexpr (kMode == kLossGrad) {
-    // grad = 2 (rowsum(W) x - W x); each element by the thread that accumulated it.
+    // grad = 2 (rowsum(W) x - W x); each element by the thread that accumulated it. NaN in
+    // the columns of x that hold a non-finite value (see the header).
     const int64_t slices = (pp.d + kSlice - 1) / kSlice;
     for (int64_t slice = 0; slice < slices; ++slice) {
-      for_each_owned_4x4(row0, slice * kSlice, pp, [&](int i, int, int64_t at) {
+      for_each_owned_4x4(row0, slice * kSlice, pp, [&](int i, int q, int64_t at) {
         const float wx = written ? grad_acc[at] : 0.f;
-        grad_out[at] = from_float<T>(2.f * (row_sum[i] * to_float(x[at]) - wx));
+        const float g = 2.f * (row_sum[i] * to_float(x[at]) - wx);
+        const bool poisoned = nonfinite[slice * kSlice + tx + 16 * q] != 0;
+        grad_out[at] = from_float<T>(poisoned ? std::numeric_limits<float>::quiet_NaN() : g);
       });
     }
   }
@@ -454,12 +423,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block: the margins from pass 1's partials [num_partials][3]. Writes `state`, margins
-// (Mp, Mn, s, d) and counts (positive pairs, negative pairs).
+// One block: the margins from pass 1's partials [num_partials][3]. Writes `state` and margins
+// (Mp, Mn, s, d). Without positive (negative) pairs s (d) is 0 / 0 = NaN, as the reference's
+// mean of no values.
 __global__ void __launch_bounds__(kThreads)
     margins_kernel(const double* __restrict__ partials, int64_t num_partials, int64_t n,
-                   double mu, double gamma, int reduction, MarginState* __restrict__ state,
-                   float* __restrict__ margins, int64_t* __restrict__ counts) {
+                   double mu, double gamma, Reduction reduction, MarginState* __restrict__ state,
+                   float* __restrict__ margins) {
   __shared__ double scratch[kWarps * 3];
   double v[3] = {0, 0, 0};
   for (int64_t p = threadIdx.x; p < num_partials; p += kThreads) {
@@ -477,9 +447,9 @@ __global__ void __launch_bounds__(kThreads)
   const double gs = gamma * s;  // softplus(gs) = max(gs, 0) + log1p(exp(-|gs|)): no overflow
   const double mn = (fmax(gs, 0.0) + log1p(exp(-fabs(gs)))) / gamma;
   double pos_scale = 1, neg_scale = 1;
-  if (reduction == kReduceMean) {
+  if (reduction == Reduction::kMean) {
     pos_scale = neg_scale = 1.0 / static_cast<double>(num_pairs);
-  } else if (reduction == kReduceBalanced) {
+  } else if (reduction == Reduction::kBalanced) {
     pos_scale = 1.0 / static_cast<double>(num_pos);
     neg_scale = 1.0 / static_cast<double>(num_neg);
   }
@@ -495,8 +465,6 @@ __global__ void __launch_bounds__(kThreads)
   margins[1] = static_cast<float>(mn);
   margins[2] = static_cast<float>(s);
   margins[3] = static_cast<float>(d);
-  counts[0] = num_pos;
-  counts[1] = num_neg;
 }
 
 // One block: loss = pos_scale * sum of the positive terms + neg_scale * that of the negative ones,
@@ -521,7 +489,7 @@ __global__ void __launch_bounds__(kThreads)
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
     const at::Tensor& x_in, const at::Tensor& labels_in, double mu, double gamma,
-    c10::string_view reduction, bool compute_grad) {
+    c10::string_view reduction_name, bool compute_grad) {
   TORCH_INTERNAL_ASSERT(x_in.is_cuda());
   const auto dtype = x_in.scalar_type();
   TORCH_CHECK_TYPE(dtype != at::kDouble,
@@ -544,21 +512,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
   TORCH_CHECK_VALUE(mu > 0 && gamma > 0,
                     "adaptive_margin_loss (CUDA): mu and gamma must be > 0, got mu = ", mu,
                     ", gamma = ", gamma);
-  int reduction_code = kReduceMean;
-  if (reduction == "sum") {
-    reduction_code = kReduceSum;
-  } else if (reduction == "balanced") {
-    reduction_code = kReduceBalanced;
-  } else {
-    TORCH_CHECK_VALUE(reduction == "mean",
-                      "adaptive_margin_loss (CUDA): reduction must be mean, sum or balanced, got ",
-                      reduction);
-  }
+  const Reduction reduction = parse_reduction(reduction_name, "adaptive_margin_loss (CUDA)");
   const int64_t n = x_in.size(0), d = x_in.size(1);
   TORCH_CHECK_VALUE(n >= 2, "adaptive_margin_loss (CUDA): the batch needs a positive and a "
                     "negative pair, got N = ", n);
-  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), "adaptive_margin_loss (CUDA): N = ", n,
-              " is too large (at most ", std::numeric_limits<int32_t>::max(), ")");
+  TORCH_CHECK_VALUE(n <= kMaxBatch, "adaptive_margin_loss (CUDA): N = ", n,
+                    " exceeds the kernel's limit of ", kMaxBatch,
+                    " (pair counts summed exactly in double)");
   const int64_t tiles = (n + kTile - 1) / kTile;
 
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -570,10 +530,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
   at::Tensor grad = compute_grad ? at::empty({n, d}, x.options()) : at::empty({0, d}, x.options());
   at::Tensor grad_acc;
   if (compute_grad && dtype != at::kFloat) grad_acc = at::empty({n, d}, float_options);
+  at::Tensor nonfinite;
+  if (compute_grad) nonfinite = at::zeros({d}, x.options().dtype(at::kInt));
   at::Tensor norms = at::empty({n}, float_options);
   at::Tensor state = at::empty({static_cast<int64_t>(sizeof(MarginState))},
                                x.options().dtype(at::kByte));
-  at::Tensor counts = at::empty({2}, x.options().dtype(at::kLong));
 
   const int64_t splits = column_splits(tiles);
   const int64_t stats_partials = tiles * splits;
@@ -584,42 +545,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
   double* loss_ptr = stats_ptr + stats_partials * 3;
   MarginState* state_ptr = reinterpret_cast<MarginState*>(state.mutable_data_ptr<uint8_t>());
 
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   REIDFAST_DISPATCH_GPU_FLOATS(dtype, "adaptive_margin_forward_cuda", [&] {
     using T = typename DeviceType<scalar_t>::type;
     const T* x_ptr = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
     float* norm_ptr = norms.mutable_data_ptr<float>();
+    const int64_t elem = x.element_size();
     PassParams pp{};
     pp.n = n;
     pp.d = d;
     pp.tiles = tiles;
-    pp.vec_ok = d % 4 == 0 && reinterpret_cast<uintptr_t>(x_ptr) % (4 * sizeof(T)) == 0;
+    pp.vec_ok = rows_aligned(x_ptr, d, elem, 4 * static_cast<int>(elem));
 
-    row_norms_kernel<T><<<static_cast<unsigned>((n + kWarps - 1) / kWarps), kThreads, 0,
-                          stream>>>(x_ptr, n, d, norm_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_row_norms<T>(x_ptr, n, d, rows_aligned(x_ptr, d, elem, 16), norm_ptr, stream);
 
     const dim3 split_grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
     pair_pass_kernel<T, kStats><<<split_grid, kThreads, 0, stream>>>(
-        x_ptr, norm_ptr, label_ptr, pp, nullptr, stats_ptr, nullptr, nullptr);
+        x_ptr, norm_ptr, label_ptr, pp, nullptr, stats_ptr, nullptr, nullptr, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    margins_kernel<<<1, kThreads, 0, stream>>>(stats_ptr, stats_partials, n, mu, gamma,
-                                               reduction_code, state_ptr,
-                                               margins.mutable_data_ptr<float>(),
-                                               counts.mutable_data_ptr<int64_t>());
+    margins_kernel<<<1, kThreads, 0, stream>>>(stats_ptr, stats_partials, n, mu, gamma, reduction,
+                                               state_ptr, margins.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     if (compute_grad) {
+      int32_t* nonfinite_ptr = nonfinite.mutable_data_ptr<int32_t>();
+      launch_nonfinite_counts<T>(x_ptr, n, d, norm_ptr, nonfinite_ptr, stream);
       T* grad_ptr = reinterpret_cast<T*>(grad.mutable_data_ptr<scalar_t>());
       float* acc_ptr = grad_acc.defined() ? grad_acc.mutable_data_ptr<float>()
                                           : reinterpret_cast<float*>(grad_ptr);
       pair_pass_kernel<T, kLossGrad><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
-          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, acc_ptr, grad_ptr);
+          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, acc_ptr, grad_ptr, nonfinite_ptr);
     } else {
       pair_pass_kernel<T, kLoss><<<split_grid, kThreads, 0, stream>>>(
-          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, nullptr, nullptr);
+          x_ptr, norm_ptr, label_ptr, pp, state_ptr, loss_ptr, nullptr, nullptr, nullptr);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -627,13 +587,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_forward_cuda(
                                             loss.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-
-  const at::Tensor host_counts = counts.cpu();  // the one synchronisation
-  const int64_t num_pos = host_counts.const_data_ptr<int64_t>()[0];
-  const int64_t num_neg = host_counts.const_data_ptr<int64_t>()[1];
-  TORCH_CHECK_VALUE(num_pos > 0 && num_neg > 0,
-                    "adaptive_margin_loss (CUDA): the batch needs a positive and a negative pair, "
-                    "got ", num_pos, " positive and ", num_neg, " negative pairs");
   return {loss, margins, grad};
 }
 

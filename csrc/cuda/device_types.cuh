@@ -1,6 +1,6 @@
 // Helpers shared by the CUDA operators: on the host, the CUDA type of an ATen scalar type and a
 // dispatch over the floating types the GPU kernels take (float64 is refused before it); on the
-// device, conversions of those element types to and from float32.
+// device, conversions of those element types to and from float32 and from their bits.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -46,6 +46,11 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+
+// The bits of an element, in the low bits of a word.
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
 
 // A 2-byte element from its bits.
 template <typename T>

@@ -28,10 +28,17 @@
 //   2. channels_last: the same thread writes its stripe, a coalesced row of channels per position.
 //      contiguous: warp w writes planes w, w + workers, ... as 16-byte packs along the plane.
 //
-// Limits: num_parts <= kMaxParts and at most kMaxWindows windows (the table travels by value in
-// the kernel parameters, so nothing is copied to the device and calls can be graph-captured);
-// H * W < 2**31 (the argmax is int32). Other layouts than contiguous / channels_last are made
-// contiguous first. Shared memory stays within the 48 KiB every architecture grants without opt-in.
+// NaN: a NaN beats every number in the maximum (the first NaN in scan order is the argmax, as
+// torch.max(dim) has it) and propagates through the sums, so a window holding one pools to NaN.
+//
+// Limits (checked before launch, ValueError naming the size and the limit): num_parts <= 64
+// (kMaxParts: a block's per-stripe statistics live in shared memory) and at most 512 windows
+// (kMaxWindows: the stripe and window tables travel by value in the kernel parameters, so nothing
+// is copied to the device and calls can be graph-captured); H * W <= 2**31 - 1 (positions and the
+// argmax are int32; checked in pyramid_pool.h for every backend); C <= 2**31 - 1;
+// ceil(B * C / 32) <= 2**31 - 1 blocks. Other layouts than contiguous / channels_last are made
+// contiguous first. Shared memory stays within the 48 KiB every architecture grants without
+// opt-in.
 #include "../pyramid_pool.h"
 #include "device_types.cuh"
 
@@ -408,23 +415,25 @@ __global__ void __launch_bounds__(kTilePlanes * kMaxWorkers)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
+// The kernels' parameters, after the limits of this kernel are checked (check_forward_input and
+// check_backward_input of pyramid_pool.h have checked the arguments and H * W <= INT32_MAX).
 PoolParams make_params(int64_t batch, int64_t channels, int64_t height, int64_t width,
                        int64_t num_parts, at::IntArrayRef starts, at::IntArrayRef lengths,
                        PoolMode mode) {
-  TORCH_CHECK(num_parts <= kMaxParts, "pyramid_pool (CUDA): num_parts is at most ", kMaxParts,
-              ", got ", num_parts, "; use backend='triton' or 'reference' for more stripes");
-  TORCH_CHECK(static_cast<int64_t>(starts.size()) <= kMaxWindows,
-              "pyramid_pool (CUDA): at most ", kMaxWindows, " windows are supported, got ",
-              starts.size(), "; use backend='triton' or 'reference' for more windows");
-  TORCH_CHECK(width >= 1, "pyramid_pool (CUDA): W must be >= 1, got ", width);
-  TORCH_CHECK(height * width <= std::numeric_limits<int32_t>::max(),
-              "pyramid_pool (CUDA): H * W = ", height * width,
-              " does not fit the int32 argmax; pool a smaller map");
-  TORCH_CHECK(channels <= std::numeric_limits<int32_t>::max(),
-              "pyramid_pool (CUDA): C = ", channels, " is too large");
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK_VALUE(num_parts <= kMaxParts, "pyramid_pool (CUDA): num_parts = ", num_parts,
+                    " exceeds the kernel's limit of ", kMaxParts,
+                    " stripes (per-stripe statistics in shared memory)");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(starts.size()) <= kMaxWindows,
+                    "pyramid_pool (CUDA): ", starts.size(),
+                    " windows exceed the kernel's limit of ", kMaxWindows,
+                    " (the window table is a kernel parameter)");
+  TORCH_CHECK_VALUE(channels <= kInt32Max, "pyramid_pool (CUDA): C = ", channels,
+                    " exceeds the kernel's limit of ", kInt32Max);
   const int64_t planes = batch * channels;
-  TORCH_CHECK((planes + kTilePlanes - 1) / kTilePlanes <= std::numeric_limits<int32_t>::max(),
-              "pyramid_pool (CUDA): B * C = ", planes, " is too large for one launch");
+  TORCH_CHECK_VALUE((planes + kTilePlanes - 1) / kTilePlanes <= kInt32Max,
+                    "pyramid_pool (CUDA): B * C = ", planes, " exceeds the kernel's limit of ",
+                    kInt32Max * kTilePlanes, " (one block per ", kTilePlanes, " planes)");
 
   PoolParams p{};
   p.planes = planes;
@@ -487,7 +496,7 @@ void with_variant(bool channels_last, const void* data, int64_t positions, F&& f
 }
 
 void check_cuda_dtype(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() != at::kDouble, "pyramid_pool (CUDA): ", name,
+  TORCH_CHECK_TYPE(t.scalar_type() != at::kDouble, "pyramid_pool (CUDA): ", name,
               " is float64, which only the CPU backend supports; use float32, float16 or "
               "bfloat16 on the GPU");
 }
@@ -511,9 +520,9 @@ std::tuple<at::Tensor, at::Tensor> pyramid_pool_forward_cuda(const at::Tensor& i
   at::Tensor out = at::empty({batch, num_windows, channels}, input.options());
   at::Tensor argmax = want_argmax ? at::empty({batch, num_windows, channels}, int_options)
                                   : at::empty({0}, int_options);
-  if (out.numel() == 0) return {out, argmax};
   PoolParams params = make_params(batch, channels, input.size(2), input.size(3), num_parts,
                                   starts, lengths, mode);
+  if (out.numel() == 0) return {out, argmax};
   const bool channels_last =
       !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = channels_last ? input : input.contiguous();
@@ -554,9 +563,9 @@ at::Tensor pyramid_pool_backward_cuda(const at::Tensor& grad_out_in, const at::T
   at::Tensor grad_x =
       at::empty({batch, channels, height, width},
                 grad_out_in.options().memory_format(grad_memory_format(channels_last)));
-  if (grad_x.numel() == 0) return grad_x;
   const PoolParams params =
       make_params(batch, channels, height, width, num_parts, starts, lengths, mode);
+  if (grad_x.numel() == 0) return grad_x;
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor argmax = mode.max ? argmax_in.contiguous() : at::Tensor();
 

@@ -1,10 +1,11 @@
 // CUDA kernels of triplet_select: per anchor, the k-th largest positive and the p-th smallest
 // negative distance to a reference set (see reidfast/ops/triplet_select.py), without ever writing
-// the N x M distance matrix to global memory.
+// the N x M distance matrix to global memory, and the gradient of the selected distances.
 //
-// Distances. d(i, j) = sqrt(max(|x_i|^2 + |r_j|^2 - 2 x_i.r_j, 1e-12)) in float32 (squared: the
-// clamped value; NaN stays NaN). The squared row norms are computed once, by row_norms_kernel,
-// into an [N (+ M)] float32 buffer; the dot products come from tiles computed on chip.
+// Distances. d(i, j) = sqrt(clamp_square(|x_i|^2 + |r_j|^2 - 2 x_i.r_j)) in float32 (squared: the
+// clamped value; NaN and inf propagate), the convention of csrc/distance.h. The squared row norms
+// are computed once, by row_norms_kernel (distance_tile.cuh), into an [N (+ M)] float32 buffer;
+// the dot products come from tiles computed on chip.
 //
 // Tiling. A block (256 threads, 8 warps) owns kTileRows = 64 anchors and walks a range of
 // reference tiles of kTileCols = 128 rows. Per tile, D is consumed in chunks of 64 bytes per row
@@ -29,7 +30,9 @@
 // each of them is inserted in a few warp instructions (a ballot gives its slot, __shfl_up_sync
 // shifts the entries after it), whatever k and p are. (RunningSelection of the header, one thread
 // shifting up to 32 entries per insertion, would serialise the lanes of a warp on large k.) The
-// lists take 32 of the 128 registers the selection kernel gets for two resident blocks per SM.
+// lists take 32 registers of a thread. The kernel is compiled for two resident blocks per SM (128
+// registers a thread) where two blocks' shared memory fits, and for one on Turing, whose 64 KiB
+// per SM hold one block: there a cap of 128 registers would only make it spill.
 //
 // Splits. Long reference sets (memory banks) are split across blocks: the grid is (row tiles,
 // splits), block (a, s) scanning the s-th contiguous range of reference tiles (blockIdx.x runs
@@ -41,20 +44,40 @@
 // chosen to give about four blocks per SM (two resident, two waves): temporary memory is
 // O(N * splits * (k + p)) with splits <= 4 * SMs.
 //
-// Limits: k, p in [1, 32] (a list is one warp); N, M < 2**31 - 1 (reference indices are int32
-// inside the kernels; the sentinel is INT32_MAX); D < 2**31 - 64; x and ref are made contiguous (16-byte loads when every row
-// starts 16-byte aligned, element loads otherwise); int64 offsets throughout. The dot products are
-// summed in another order than the reference's matmul, so distances differ from it by rounding;
-// exact ties (duplicate embeddings, integer-valued data) resolve exactly as the specification
-// says. Shared memory: 36 KiB, static.
+// Backward. For a selected pair (i, j) with distance d and incoming gradient g, the coefficient
+// c = g / d (2 g when squared; 0 for a missing pair, the anchor's own pair and a clamped or NaN
+// distance) gives grad x_i += c (x_i - r_j) and grad r_j += c (r_j - x_i), each row summed in the
+// reference's form: (sum of its coefficients) times the row, minus the sum of c times the linked
+// rows. The partners' terms are gathered, not scattered: the pairs are sorted by partner row (a
+// stable sort, so anchors stay in order), and a warp per gradient row adds its own pairs' terms
+// and then its partner segment's, in that fixed order: deterministic, without atomics. The
+// [M, D] gradient of the reference set is neither allocated nor computed unless asked for
+// (ref_grad). NaN and inf, as in the reference, whose gradient comes from dense matrix products
+// with the [N, M] gradient of the distance matrix: there a zero coefficient times a NaN or an
+// infinity is NaN, so entry c of a gradient row is NaN where the other operand holds more
+// non-finite values in column c than the rows linked to that row by a live pair do (one product
+// for grad_x against a bank or for grad_ref, two under self_reference). Counting them reads x and
+// ref once more.
+//
+// Limits (checked before launch): k, p in [1, 32] (a list is one warp); N, M <= 2**31 - 128
+// (reference indices are int32 inside the kernels, up to the last tile's padding, and the
+// sentinel is INT32_MAX); D <= 2**31 - 66 (chunk offsets are int32). x and ref are made
+// contiguous (16-byte loads when every row starts 16-byte aligned, element loads otherwise);
+// row offsets are int64. The dot products are summed in another order than the reference's
+// matmul, so distances differ from it by rounding; exact ties (duplicate embeddings,
+// integer-valued data) resolve exactly as the specification says. Shared memory: 36 KiB, static.
+// Nothing is read back to the host: the forward and backward can be captured in a CUDA graph.
 #include "../triplet_select.h"
 
 #include "device_types.cuh"
+#include "distance_tile.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -75,7 +98,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kTileRows = 64;                         // anchors per block
 constexpr int kTileCols = 128;                        // reference rows per tile
 constexpr int kRowsPerWarp = kTileRows / kWarps;      // anchors whose selections a warp keeps
@@ -89,7 +111,19 @@ constexpr int kUnionBytes = 2 * kStageBytes > kDotBytes ? 2 * kStageBytes : kDot
 constexpr int kSharedBytes = kUnionBytes + (kTileRows + kTileCols) * (4 + 8);
 constexpr int kMaxRank = 32;
 constexpr int32_t kNoIndex = std::numeric_limits<int32_t>::max();
-constexpr float kDistanceEps = 1e-12f;
+// The most anchors and reference rows: the column index of the last tile's padding,
+// ceil(M / kTileCols) * kTileCols - 1, must stay below kNoIndex in int32.
+constexpr int64_t kMaxRows = int64_t{std::numeric_limits<int32_t>::max()} - kTileCols + 1;
+// The largest D: chunk offsets up to D + kChunkBytes are int32.
+constexpr int64_t kMaxDim = int64_t{std::numeric_limits<int32_t>::max()} - kChunkBytes - 1;
+
+// Blocks per SM the selection kernel is compiled for: two where two blocks' shared memory fits
+// an SM, one on Turing (sm_75: 64 KiB of shared memory per SM, less than two blocks' 72 KiB).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr int kSelectMinBlocks = 1;
+#else
+constexpr int kSelectMinBlocks = 2;
+#endif
 
 static_assert(kThreads == kTileRows * (kChunkBytes / 16), "one x pack per thread and chunk");
 static_assert(kTileCols == 2 * kTileRows, "two ref packs per thread and chunk");
@@ -127,46 +161,18 @@ SplitPlan plan_splits(int64_t row_tiles, int64_t col_tiles, int sm_count) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Element types (float, __half, __nv_bfloat16). Data moves as raw 16-byte packs (uint4), which
-// keeps two 2-byte elements per register; elements become float32 only where they are multiplied.
-
-__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
-__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+// Element types (float, __half, __nv_bfloat16). Data moves as raw 16-byte packs (uint4,
+// distance_tile.cuh), which keeps two 2-byte elements per register; elements become float32 only
+// where they are multiplied.
 
 template <typename T>
-constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte pack
+constexpr int kVec = kPackElems<T, 16>;  // elements per 16-byte pack
 template <typename T>
 constexpr int kChunk = kChunkBytes / static_cast<int>(sizeof(T));  // D elements per chunk
 template <typename T>
 constexpr int kStageStride = kStageRowBytes / static_cast<int>(sizeof(T));
 template <typename T>
 constexpr int kStageElems = kStageRows * kStageStride<T>;
-
-// The kVec<T> elements of a pack as float32, in memory order.
-__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[4]) {
-  out[0] = __uint_as_float(raw.x);
-  out[1] = __uint_as_float(raw.y);
-  out[2] = __uint_as_float(raw.z);
-  out[3] = __uint_as_float(raw.w);
-}
-template <typename T>
-__device__ __forceinline__ void unpack(const uint4& raw, float (&out)[8]) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    out[2 * q] = half_bits_to_float<T>(words[q] & 0xffffu);
-    out[2 * q + 1] = half_bits_to_float<T>(words[q] >> 16);
-  }
-}
-template <typename T>
-__device__ __forceinline__ void unpack_as(const uint4& raw, float (&out)[kVec<T>]) {
-  if constexpr (std::is_same_v<T, float>) {
-    unpack(raw, out);
-  } else {
-    unpack<T>(raw, out);
-  }
-}
 
 // Whether the products of T run on tensor cores in this compilation pass.
 template <typename T>
@@ -186,23 +192,15 @@ __host__ __device__ constexpr bool use_tensor_cores() {
 // and of ref rows t / 4 and 64 + t / 4 (4 consecutive threads read 64 contiguous bytes of a row).
 // Rows past the end and elements past D are zeros, which add nothing to the dot products.
 
-// Elements [e0, e0 + kVec) of a row (nullptr: past the last row).
-template <typename T>
-__device__ __forceinline__ uint4 load_pack(const T* row, int e0, int d, bool vec_ok) {
-  if (row == nullptr) return make_uint4(0u, 0u, 0u, 0u);
-  if (vec_ok && e0 + kVec<T> <= d) return __ldg(reinterpret_cast<const uint4*>(row + e0));
-  uint32_t words[4] = {0u, 0u, 0u, 0u};
-  constexpr int kSize = static_cast<int>(sizeof(T));
-#pragma unroll
-  for (int e = 0; e < kVec<T>; ++e) {
-    if (e0 + e < d) words[e * kSize / 4] |= bits_of(row[e0 + e]) << (8 * (e * kSize % 4));
-  }
-  return make_uint4(words[0], words[1], words[2], words[3]);
-}
-
 template <typename T>
 struct ChunkLoader {
-  const T* rows[3];  // this thread's x row and two ref rows (nullptr past the end)
+  // This thread's x row and ref rows r and kTileRows + r (nullptr past the end). At 128
+  // registers a thread, the tensor-core path (whose fragments take more) keeps two pointers and
+  // derives the second ref row at each load, the FFMA path keeps three: the split in which ptxas
+  // spills least.
+  static constexpr bool kDerivedRow = use_tensor_cores<T>();
+  const T* rows[kDerivedRow ? 2 : 3];
+  bool second_ref;  // kDerivedRow: ref row kTileRows + r exists
   uint4 packs[3];
 
   __device__ __forceinline__ void begin_tile(const T* x, const T* ref, int64_t row0,
@@ -210,13 +208,26 @@ struct ChunkLoader {
     const int r = threadIdx.x >> 2;
     rows[0] = row0 + r < sp.n ? x + (row0 + r) * sp.d : nullptr;
     rows[1] = col0 + r < sp.m ? ref + (col0 + r) * sp.d : nullptr;
-    rows[2] = col0 + kTileRows + r < sp.m ? ref + (col0 + kTileRows + r) * sp.d : nullptr;
+    const bool second = col0 + kTileRows + r < sp.m;
+    if constexpr (kDerivedRow) {
+      second_ref = second;
+    } else {
+      rows[2] = second ? ref + (col0 + kTileRows + r) * sp.d : nullptr;
+    }
   }
 
+  // int offsets: d <= kMaxDim.
   __device__ __forceinline__ void load(int k0, int d, bool vec_ok) {
     const int e0 = k0 + (threadIdx.x & 3) * kVec<T>;
-#pragma unroll
-    for (int i = 0; i < 3; ++i) packs[i] = load_pack(rows[i], e0, d, vec_ok);
+    const T* second;
+    if constexpr (kDerivedRow) {
+      second = second_ref ? rows[1] + static_cast<int64_t>(kTileRows) * d : nullptr;
+    } else {
+      second = rows[2];
+    }
+    packs[0] = load_pack<T, 16, int>(rows[0], e0, d, vec_ok);
+    packs[1] = load_pack<T, 16, int>(rows[1], e0, d, vec_ok);
+    packs[2] = load_pack<T, 16, int>(second, e0, d, vec_ok);
   }
 
   __device__ __forceinline__ void store(T* stage) const {
@@ -259,12 +270,12 @@ struct FmaTile {
       float a[4][kVec<T>];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        unpack_as<T>(*reinterpret_cast<const uint4*>(xs + i * kStageRowBytes + g), a[i]);
+        unpack<T, 16>(*reinterpret_cast<const uint4*>(xs + i * kStageRowBytes + g), a[i]);
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float b[kVec<T>];
-        unpack_as<T>(*reinterpret_cast<const uint4*>(rs + 16 * j * kStageRowBytes + g), b);
+        unpack<T, 16>(*reinterpret_cast<const uint4*>(rs + 16 * j * kStageRowBytes + g), b);
 #pragma unroll
         for (int e = 0; e < kVec<T>; ++e) {
 #pragma unroll
@@ -307,17 +318,18 @@ struct WmmaTile {
     const T* rs = stage + (kTileRows + (warp & 3) * 32) * kStageStride<T>;
 #pragma unroll
     for (int ks = 0; ks < kChunk<T>; ks += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+      // Both B fragments, then one A fragment at a time: three fragments live, not four.
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        wmma::load_matrix_sync(a[i], xs + i * 16 * kStageStride<T> + ks, kStageStride<T>);
-        wmma::load_matrix_sync(b[i], rs + i * 16 * kStageStride<T> + ks, kStageStride<T>);
+      for (int j = 0; j < 2; ++j) {
+        wmma::load_matrix_sync(b[j], rs + j * 16 * kStageStride<T> + ks, kStageStride<T>);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::load_matrix_sync(a, xs + i * 16 * kStageStride<T> + ks, kStageStride<T>);
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
       }
     }
   }
@@ -360,18 +372,18 @@ template <bool kLargest>
 __device__ __forceinline__ void warp_offer(float& mine_d, int32_t& mine_i, float& thr_d,
                                            int32_t& thr_i, int cap, float d, int32_t j,
                                            bool member, int lane) {
-  unsigned pending = __ballot_sync(kFullMask, member && before<kLargest>(d, j, thr_d, thr_i));
+  unsigned pending = __ballot_sync(kFullWarpMask, member && before<kLargest>(d, j, thr_d, thr_i));
   while (pending != 0) {
     const int src = __ffs(static_cast<int>(pending)) - 1;
     pending &= pending - 1;
-    const float cd = __shfl_sync(kFullMask, d, src);
-    const int32_t cj = __shfl_sync(kFullMask, j, src);
+    const float cd = __shfl_sync(kFullWarpMask, d, src);
+    const int32_t cj = __shfl_sync(kFullWarpMask, j, src);
     if (!before<kLargest>(cd, cj, thr_d, thr_i)) continue;  // an earlier insertion raised the bar
     // The entries that rank before the candidate are a prefix of the list: it goes after them.
     const int slot = __popc(
-        __ballot_sync(kFullMask, lane < cap && before<kLargest>(mine_d, mine_i, cd, cj)));
-    const float up_d = __shfl_up_sync(kFullMask, mine_d, 1);
-    const int32_t up_i = __shfl_up_sync(kFullMask, mine_i, 1);
+        __ballot_sync(kFullWarpMask, lane < cap && before<kLargest>(mine_d, mine_i, cd, cj)));
+    const float up_d = __shfl_up_sync(kFullWarpMask, mine_d, 1);
+    const int32_t up_i = __shfl_up_sync(kFullWarpMask, mine_i, 1);
     if (lane == slot) {
       mine_d = cd;
       mine_i = cj;
@@ -379,8 +391,8 @@ __device__ __forceinline__ void warp_offer(float& mine_d, int32_t& mine_i, float
       mine_d = up_d;
       mine_i = up_i;
     }
-    thr_d = __shfl_sync(kFullMask, mine_d, cap - 1);
-    thr_i = __shfl_sync(kFullMask, mine_i, cap - 1);
+    thr_d = __shfl_sync(kFullWarpMask, mine_d, cap - 1);
+    thr_i = __shfl_sync(kFullWarpMask, mine_i, cap - 1);
   }
 }
 
@@ -388,7 +400,7 @@ __device__ __forceinline__ void warp_offer(float& mine_d, int32_t& mine_i, float
 template <bool kLargest, typename T>
 __device__ __forceinline__ void write_selected(float mine_d, int32_t mine_i, int cap, int lane,
                                                T* out_dist, int64_t* out_index) {
-  const unsigned filled = __ballot_sync(kFullMask, lane < cap && mine_i != kNoIndex);
+  const unsigned filled = __ballot_sync(kFullWarpMask, lane < cap && mine_i != kNoIndex);
   if (filled == 0) {
     if (lane == 0) {
       *out_dist = from_float<T>(kLargest ? -std::numeric_limits<float>::infinity()
@@ -406,39 +418,11 @@ __device__ __forceinline__ void write_selected(float mine_d, int32_t mine_i, int
 // ---------------------------------------------------------------------------------------------
 // Kernels.
 
-// out[row] = sum of squares of x's row in float32. A warp per row; grid: ceil(rows / 8) blocks.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    row_norms_kernel(const T* __restrict__ x, int64_t rows, int64_t d, bool vec_ok,
-                     float* __restrict__ out) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (row >= rows) return;
-  const T* src = x + row * d;
-  float sum = 0.f;
-  if (vec_ok) {  // d is a multiple of the pack
-    for (int64_t e = static_cast<int64_t>(lane) * kVec<T>; e < d; e += 32 * kVec<T>) {
-      float f[kVec<T>];
-      unpack_as<T>(__ldg(reinterpret_cast<const uint4*>(src + e)), f);
-#pragma unroll
-      for (int v = 0; v < kVec<T>; ++v) sum = fmaf(f[v], f[v], sum);
-    }
-  } else {
-    for (int64_t e = lane; e < d; e += 32) {
-      const float f = to_float(src[e]);
-      sum = fmaf(f, f, sum);
-    }
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
-  if (lane == 0) out[row] = sum;
-}
-
 // Block (blockIdx.x, blockIdx.y): anchors [64 blockIdx.x, + 64) against reference tiles
 // [blockIdx.y * tiles_per_split, + tiles_per_split). x_norm [n], ref_norm [m]: squared norms.
 // Writes the result (sp.final_output) or the lists to part_* [splits][n][k + p].
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, kSelectMinBlocks)
     select_kernel(const T* __restrict__ x, const T* __restrict__ ref,
                   const float* __restrict__ x_norm, const float* __restrict__ ref_norm,
                   const int64_t* __restrict__ labels, const int64_t* __restrict__ ref_labels,
@@ -517,17 +501,16 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (a >= sp.n) continue;  // warp-uniform
       const float xn = x_norm_s[lr];
       const int64_t label = x_label_s[lr];
-      float pos_thr_d = __shfl_sync(kFullMask, pos_d[r], sp.k - 1);
-      int32_t pos_thr_i = __shfl_sync(kFullMask, pos_i[r], sp.k - 1);
-      float neg_thr_d = __shfl_sync(kFullMask, neg_d[r], sp.p - 1);
-      int32_t neg_thr_i = __shfl_sync(kFullMask, neg_i[r], sp.p - 1);
+      float pos_thr_d = __shfl_sync(kFullWarpMask, pos_d[r], sp.k - 1);
+      int32_t pos_thr_i = __shfl_sync(kFullWarpMask, pos_i[r], sp.k - 1);
+      float neg_thr_d = __shfl_sync(kFullWarpMask, neg_d[r], sp.p - 1);
+      int32_t neg_thr_i = __shfl_sync(kFullWarpMask, neg_i[r], sp.p - 1);
 #pragma unroll 1
       for (int q = 0; q < kTileCols / 32; ++q) {
         const int lc = q * 32 + lane;
-        const int32_t j = col0_32 + lc;  // N, M < 2**31
+        const int32_t j = col0_32 + lc;  // < ceil(M / kTileCols) * kTileCols <= kMaxRows
         const bool valid = j < m_32;
-        float s = (xn + ref_norm_s[lc]) - 2.f * dot[lr * kDotStride + lc];
-        s = s < kDistanceEps ? kDistanceEps : s;  // NaN stays NaN, as in torch.clamp
+        const float s = clamp_square(pair_square(xn, ref_norm_s[lc], dot[lr * kDotStride + lc]));
         float dist = sp.squared ? s : sqrtf(s);
         if (sp.self_reference && j == static_cast<int32_t>(a)) dist = 0.f;  // the anchor, exactly
         const bool same = ref_label_s[lc] == label;
@@ -599,34 +582,193 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Backward kernels.
+
+constexpr int kGradThreads = 256;  // a warp per anchor pair, or per gradient row
+constexpr int kGradRowsPerBlock = kGradThreads / 32;
+
+// Entry e = 2 i + s of anchor i's pairs (s = 0: the positive, 1: the negative): the coefficient
+// c_e = g / d (2 g when squared) in float32, or 0 where the pair has no gradient: no such pair
+// (an index outside [0, m)), or a clamped distance (one not above the clamp's floor rounded to
+// T: the anchor's own pair at distance 0 is one) or a NaN distance. keys (nullable): the sort key
+// of the partners' terms, the partner row where c_e != 0 (NaN included), else m (after every row).
+template <typename T>
+__global__ void __launch_bounds__(kGradThreads)
+    pair_coefficients_kernel(const T* __restrict__ grad_pos, const T* __restrict__ grad_neg,
+                             const T* __restrict__ pos_dist, const T* __restrict__ neg_dist,
+                             const int64_t* __restrict__ pos_index,
+                             const int64_t* __restrict__ neg_index, int64_t n, int64_t m,
+                             bool squared, float* __restrict__ coef, int64_t* __restrict__ keys) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kGradThreads + threadIdx.x;
+  if (e >= 2 * n) return;
+  const int64_t i = e >> 1;
+  const bool positive = (e & 1) == 0;
+  const float g = to_float(positive ? grad_pos[i] : grad_neg[i]);
+  const float dist = to_float(positive ? pos_dist[i] : neg_dist[i]);
+  const int64_t j = positive ? pos_index[i] : neg_index[i];
+  // The smallest distance the forward returns, as it returns it: the clamped value in T.
+  const float eps = static_cast<float>(kDistanceEps);
+  const float smallest = to_float(from_float<T>(squared ? eps : sqrtf(eps)));
+  const bool live = j >= 0 && j < m && dist > smallest;
+  const float c = live ? (squared ? 2.f * g : g / dist) : 0.f;
+  coef[e] = c;
+  if (keys != nullptr) keys[e] = c != 0.f ? j : m;
+}
+
+// The first position of sorted[0, count) holding a value >= `value`.
+__device__ __forceinline__ int64_t lower_bound(const int64_t* __restrict__ sorted, int64_t count,
+                                               int64_t value) {
+  int64_t lo = 0, hi = count;
+  while (lo < hi) {
+    const int64_t mid = lo + ((hi - lo) >> 1);
+    if (sorted[mid] < value) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// Rows of a gradient, a warp per row r of out [rows, d], in float32, in the reference's form
+// (norm terms minus matrix products, so that non-finite entries give its values):
+//   own product (own_counts != nullptr: grad_x, entries 2r and 2r + 1 are r's pairs):
+//     out[r] = (c_2r + c_2r+1) own[r] - sum over r's live pairs e of c_e ref[j_e]
+//   partner product (seg_counts != nullptr: r's segment of the sorted keys, [lower_bound(r),
+//   lower_bound(r + 1)), the anchors in order):
+//     out[r] += (sum over the segment of c_e) own[r] - sum over the segment of c_e x[e / 2]
+// in that order: deterministic. The reference sums each product over every row of the other
+// operand, zero coefficients included, so entry c is NaN where that operand has more non-finite
+// values in column c (counts[c]) than the rows linked to r by a live pair hold.
+template <typename T>
+__global__ void __launch_bounds__(kGradThreads)
+    gradient_rows_kernel(const T* __restrict__ own, const T* __restrict__ ref,
+                         const T* __restrict__ x, const float* __restrict__ coef,
+                         const int64_t* __restrict__ pos_index,
+                         const int64_t* __restrict__ neg_index,
+                         const int32_t* __restrict__ own_counts,
+                         const int64_t* __restrict__ sorted_keys,
+                         const int64_t* __restrict__ order, int64_t entries,
+                         const int32_t* __restrict__ seg_counts, int64_t rows, int64_t d,
+                         bool vec_ok, T* __restrict__ out) {
+  constexpr int kV = kVec<T>;
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kGradRowsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;  // the whole warp
+  const bool own_product = own_counts != nullptr;
+  const bool seg_product = seg_counts != nullptr;
+  float own_c[2] = {0.f, 0.f};
+  const T* own_partner[2] = {nullptr, nullptr};
+  if (own_product) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      own_c[s] = coef[2 * r + s];
+      if (own_c[s] != 0.f) own_partner[s] = ref + (s == 0 ? pos_index[r] : neg_index[r]) * d;
+    }
+  }
+  int64_t seg_begin = 0, seg_end = 0;
+  float seg_total = 0.f;
+  if (seg_product) {
+    seg_begin = lower_bound(sorted_keys, entries, r);
+    seg_end = lower_bound(sorted_keys, entries, r + 1);
+    for (int64_t q = seg_begin; q < seg_end; ++q) seg_total += coef[order[q]];
+  }
+  const T* own_row = own + r * d;
+  T* out_row = out + r * d;
+  for (int64_t e0 = static_cast<int64_t>(lane) * kV; e0 < d; e0 += 32 * kV) {
+    float mine[kV], acc[kV], other[kV];
+    int own_covered[kV], seg_covered[kV];
+    load_floats<T, kV>(own_row, e0, d, vec_ok, mine);
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      acc[v] = own_product ? (own_c[0] + own_c[1]) * mine[v] : 0.f;
+      own_covered[v] = 0;
+      seg_covered[v] = 0;
+    }
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      if (own_partner[s] == nullptr) continue;
+      load_floats<T, kV>(own_partner[s], e0, d, vec_ok, other);
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        acc[v] = fmaf(-own_c[s], other[v], acc[v]);
+        own_covered[v] += !isfinite(other[v]);
+      }
+    }
+    if (seg_product) {
+#pragma unroll
+      for (int v = 0; v < kV; ++v) acc[v] = fmaf(seg_total, mine[v], acc[v]);
+    }
+    for (int64_t q = seg_begin; q < seg_end; ++q) {
+      const int64_t e = order[q];
+      const float c = coef[e];
+      load_floats<T, kV>(x + (e >> 1) * d, e0, d, vec_ok, other);
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        acc[v] = fmaf(-c, other[v], acc[v]);
+        seg_covered[v] += !isfinite(other[v]);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      if (e0 + v >= d) continue;
+      if ((own_product && own_counts[e0 + v] > own_covered[v]) ||
+          (seg_product && seg_counts[e0 + v] > seg_covered[v])) {
+        acc[v] = std::numeric_limits<float>::quiet_NaN();
+      }
+    }
+    if (vec_ok && e0 + kV <= d) {
+      *reinterpret_cast<uint4*>(out_row + e0) = pack_floats<T, 16>(acc);
+    } else {
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        if (e0 + v < d) out_row[e0 + v] = from_float<T>(acc[v]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side.
 
-bool rows_aligned(const at::Tensor& t) {
-  const int64_t row_bytes = t.size(1) * static_cast<int64_t>(t.element_size());
-  return row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+// The size limits of the kernels, checked before any launch.
+void check_sizes(const char* op, int64_t n, int64_t m, int64_t d) {
+  TORCH_CHECK_VALUE(n <= kMaxRows, op, " (CUDA): N = ", n,
+                    " anchors exceeds the kernel's limit of ", kMaxRows,
+                    " (int32 reference indices)");
+  TORCH_CHECK_VALUE(m <= kMaxRows, op, " (CUDA): M = ", m,
+                    " reference rows exceeds the kernel's limit of ", kMaxRows,
+                    " (int32 reference indices)");
+  TORCH_CHECK_VALUE(d <= kMaxDim, op, " (CUDA): D = ", d, " exceeds the kernel's limit of ",
+                    kMaxDim, " (int32 offsets within a row)");
+}
+
+void check_float_input(const at::Tensor& x, const char* op) {
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK_TYPE(dtype != at::kDouble, op, " (CUDA): x is float64, which only the reference ",
+                   "and CPU backends support; use float32, float16 or bfloat16 on the GPU");
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   " (CUDA): x must be float32, float16 or bfloat16, got ", dtype);
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
                   const at::Tensor& ref_labels, bool self_reference, int64_t k, int64_t p) {
+  check_float_input(x, "triplet_select");
   const auto dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype != at::kDouble,
-                   "triplet_select (CUDA): x is float64, which only the CPU backend supports; use "
-                   "float32, float16 or bfloat16 on the GPU");
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-                   "triplet_select (CUDA): x must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(x.dim() == 2, "triplet_select (CUDA): x must be [N, D], got shape ", x.sizes());
-  TORCH_CHECK(ref.dim() == 2, "triplet_select (CUDA): ref must be [M, D], got shape ",
-              ref.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2, "triplet_select (CUDA): x must be [N, D], got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(ref.dim() == 2, "triplet_select (CUDA): ref must be [M, D], got shape ",
+                    ref.sizes());
   TORCH_CHECK_TYPE(ref.scalar_type() == dtype, "triplet_select (CUDA): ref must have x's dtype ",
                    dtype, ", got ", ref.scalar_type());
-  TORCH_CHECK(ref.size(1) == x.size(1), "triplet_select (CUDA): ref must have x's D = ",
-              x.size(1), ", got shape ", ref.sizes());
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0),
-              "triplet_select (CUDA): labels must be [N] with N = ", x.size(0), ", got shape ",
-              labels.sizes());
-  TORCH_CHECK(ref_labels.dim() == 1 && ref_labels.size(0) == ref.size(0),
-              "triplet_select (CUDA): ref_labels must be [M] with M = ", ref.size(0),
-              ", got shape ", ref_labels.sizes());
+  TORCH_CHECK_VALUE(ref.size(1) == x.size(1), "triplet_select (CUDA): ref must have x's D = ",
+                    x.size(1), ", got shape ", ref.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == x.size(0),
+                    "triplet_select (CUDA): labels must be [N] with N = ", x.size(0),
+                    ", got shape ", labels.sizes());
+  TORCH_CHECK_VALUE(ref_labels.dim() == 1 && ref_labels.size(0) == ref.size(0),
+                    "triplet_select (CUDA): ref_labels must be [M] with M = ", ref.size(0),
+                    ", got shape ", ref_labels.sizes());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong && ref_labels.scalar_type() == at::kLong,
                    "triplet_select (CUDA): labels and ref_labels must be int64, got ",
                    labels.scalar_type(), " and ", ref_labels.scalar_type());
@@ -635,20 +777,13 @@ void check_inputs(const at::Tensor& x, const at::Tensor& labels, const at::Tenso
                 "device ", x.device(), ", got one on ", t->device());
   }
   TORCH_CHECK_VALUE(k >= 1 && k <= kMaxRank, "triplet_select (CUDA): k must be in [1, ",
-                    kMaxRank, "], got ", k, "; larger ranks run on another backend");
+                    kMaxRank, "] (a running selection is one warp), got ", k);
   TORCH_CHECK_VALUE(p >= 1 && p <= kMaxRank, "triplet_select (CUDA): p must be in [1, ",
-                    kMaxRank, "], got ", p, "; larger ranks run on another backend");
-  TORCH_CHECK(!self_reference || ref.size(0) == x.size(0),
-              "triplet_select (CUDA): self_reference needs ref to be x, got N = ", x.size(0),
-              " and M = ", ref.size(0));
-  TORCH_CHECK(x.size(1) <= std::numeric_limits<int32_t>::max() - kChunkBytes,
-              "triplet_select (CUDA): D = ", x.size(1), " is too large");
-  TORCH_CHECK(x.size(0) < std::numeric_limits<int32_t>::max(),
-              "triplet_select (CUDA): N = ", x.size(0), " anchors is too many (at most ",
-              std::numeric_limits<int32_t>::max() - 1, ")");
-  TORCH_CHECK(ref.size(0) < std::numeric_limits<int32_t>::max(),
-              "triplet_select (CUDA): M = ", ref.size(0), " reference rows is too many (at most ",
-              std::numeric_limits<int32_t>::max() - 1, ")");
+                    kMaxRank, "] (a running selection is one warp), got ", p);
+  TORCH_CHECK_VALUE(!self_reference || ref.size(0) == x.size(0),
+                    "triplet_select (CUDA): self_reference needs ref to be x, got N = ", x.size(0),
+                    " and M = ", ref.size(0));
+  check_sizes("triplet_select", x.size(0), ref.size(0), x.size(1));
 }
 
 int sm_count(c10::DeviceIndex device) {
@@ -684,7 +819,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
   const at::Tensor labels = labels_in.contiguous();
   const at::Tensor ref_labels =
       ref_labels_in.is_same(labels_in) ? labels : ref_labels_in.contiguous();
-  const bool x_aligned = rows_aligned(x), ref_aligned = rows_aligned(ref);
+  const int64_t elem = x.element_size();
+  const bool x_aligned = rows_aligned(x.const_data_ptr(), d, elem, 16);
+  const bool ref_aligned = rows_aligned(ref.const_data_ptr(), d, elem, 16);
 
   at::Tensor norms = at::empty({ref_is_x ? n : n + m}, x.options().dtype(at::kFloat));
   const float* x_norm = norms.const_data_ptr<float>();
@@ -714,21 +851,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
     part_index = at::empty({entries}, x.options().dtype(at::kInt));
   }
 
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   REIDFAST_DISPATCH_GPU_FLOATS(x.scalar_type(), "triplet_select_forward_cuda", [&] {
     using T = typename DeviceType<scalar_t>::type;
     const T* x_ptr = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
     const T* ref_ptr = reinterpret_cast<const T*>(ref.const_data_ptr<scalar_t>());
     float* norm_ptr = norms.mutable_data_ptr<float>();
 
-    row_norms_kernel<T><<<static_cast<unsigned>((n + kWarps - 1) / kWarps), kThreads, 0,
-                          stream>>>(x_ptr, n, d, x_aligned, norm_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (!ref_is_x) {
-      row_norms_kernel<T><<<static_cast<unsigned>((m + kWarps - 1) / kWarps), kThreads, 0,
-                            stream>>>(ref_ptr, m, d, ref_aligned, norm_ptr + n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    launch_row_norms<T>(x_ptr, n, d, x_aligned, norm_ptr, stream);
+    if (!ref_is_x) launch_row_norms<T>(ref_ptr, m, d, ref_aligned, norm_ptr + n, stream);
 
     T* pos_dist_ptr = reinterpret_cast<T*>(pos_dist.mutable_data_ptr<scalar_t>());
     T* neg_dist_ptr = reinterpret_cast<T*>(neg_dist.mutable_data_ptr<scalar_t>());
@@ -754,10 +885,139 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
   return {pos_dist, neg_dist, pos_index, neg_index};
 }
 
+void check_backward_inputs(const at::Tensor& grad_pos, const at::Tensor& grad_neg,
+                           const at::Tensor& x, const at::Tensor& ref, const at::Tensor& pos_dist,
+                           const at::Tensor& neg_dist, const at::Tensor& pos_index,
+                           const at::Tensor& neg_index, bool self_reference) {
+  check_float_input(x, "triplet_select_backward");
+  TORCH_CHECK_VALUE(x.dim() == 2 && ref.dim() == 2 && ref.size(1) == x.size(1),
+                    "triplet_select_backward (CUDA): x must be [N, D] and ref [M, D], got shapes ",
+                    x.sizes(), " and ", ref.sizes());
+  TORCH_CHECK_TYPE(ref.scalar_type() == x.scalar_type(),
+                   "triplet_select_backward (CUDA): ref must have x's dtype ", x.scalar_type(),
+                   ", got ", ref.scalar_type());
+  TORCH_CHECK_VALUE(!self_reference || ref.size(0) == x.size(0),
+                    "triplet_select_backward (CUDA): self_reference needs ref to be x, got N = ",
+                    x.size(0), " and M = ", ref.size(0));
+  const int64_t n = x.size(0);
+  for (const at::Tensor* t : {&grad_pos, &grad_neg, &pos_dist, &neg_dist}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == n,
+                      "triplet_select_backward (CUDA): gradients and distances must be [N] with "
+                      "N = ", n, ", got shape ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(),
+                     "triplet_select_backward (CUDA): gradients and distances must have x's "
+                     "dtype ", x.scalar_type(), ", got ", t->scalar_type());
+  }
+  for (const at::Tensor* t : {&pos_index, &neg_index}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == n,
+                      "triplet_select_backward (CUDA): indices must be [N] with N = ", n,
+                      ", got shape ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong,
+                     "triplet_select_backward (CUDA): indices must be int64, got ",
+                     t->scalar_type());
+  }
+  for (const at::Tensor* t :
+       {&grad_pos, &grad_neg, &ref, &pos_dist, &neg_dist, &pos_index, &neg_index}) {
+    TORCH_CHECK(t->device() == x.device(),
+                "triplet_select_backward (CUDA): every input must be on x's device ", x.device(),
+                ", got one on ", t->device());
+  }
+  check_sizes("triplet_select_backward", n, ref.size(0), x.size(1));
+}
+
+// Gradients of the selected distances (see the header): grad_x [N, D], and grad_ref [M, D] when
+// ref_grad and not self_reference, else [0, D] (under self_reference the partners' terms are in
+// grad_x). The indices are the forward's: a pair whose index is outside [0, M) has no gradient.
+std::tuple<at::Tensor, at::Tensor> triplet_select_backward_cuda(
+    const at::Tensor& grad_pos_in, const at::Tensor& grad_neg_in, const at::Tensor& x_in,
+    const at::Tensor& ref_in, const at::Tensor& pos_dist_in, const at::Tensor& neg_dist_in,
+    const at::Tensor& pos_index_in, const at::Tensor& neg_index_in, bool self_reference,
+    bool squared, bool ref_grad) {
+  TORCH_INTERNAL_ASSERT(x_in.is_cuda());
+  check_backward_inputs(grad_pos_in, grad_neg_in, x_in, ref_in, pos_dist_in, neg_dist_in,
+                        pos_index_in, neg_index_in, self_reference);
+  const int64_t n = x_in.size(0), m = ref_in.size(0), d = x_in.size(1);
+  const bool want_ref = ref_grad && !self_reference;
+  // Partner terms: into grad_x against x itself, into grad_ref against a reference set.
+  const bool partner_terms = self_reference || want_ref;
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor grad_x = at::empty({n, d}, x_in.options());
+  at::Tensor grad_ref = at::empty({want_ref ? m : 0, d}, ref_in.options());
+  if (d == 0) return {grad_x, grad_ref};
+
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor ref = self_reference ? x : ref_in.contiguous();
+  const at::Tensor grad_pos = grad_pos_in.contiguous(), grad_neg = grad_neg_in.contiguous();
+  const at::Tensor pos_dist = pos_dist_in.contiguous(), neg_dist = neg_dist_in.contiguous();
+  const at::Tensor pos_index = pos_index_in.contiguous(), neg_index = neg_index_in.contiguous();
+  const int64_t elem = x.element_size();
+  const bool vec_ok = rows_aligned(x.const_data_ptr(), d, elem, 16) &&
+                      rows_aligned(ref.const_data_ptr(), d, elem, 16) &&
+                      rows_aligned(grad_x.const_data_ptr(), d, elem, 16) &&
+                      (!want_ref || rows_aligned(grad_ref.const_data_ptr(), d, elem, 16));
+
+  const auto float_options = x.options().dtype(at::kFloat);
+  at::Tensor coef = at::empty({2 * n}, float_options);
+  at::Tensor keys = partner_terms ? at::empty({2 * n}, x.options().dtype(at::kLong)) : at::Tensor();
+  // Non-finite values per column: row 0 of x, row 1 of ref (x's under self_reference).
+  at::Tensor nonfinite = at::zeros({2, d}, x.options().dtype(at::kInt));
+  int32_t* x_counts = nonfinite.mutable_data_ptr<int32_t>();
+  int32_t* ref_counts = self_reference ? x_counts : x_counts + d;
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  REIDFAST_DISPATCH_GPU_FLOATS(x.scalar_type(), "triplet_select_backward_cuda", [&] {
+    using T = typename DeviceType<scalar_t>::type;
+    const auto ptr = [](const at::Tensor& t) {
+      return reinterpret_cast<const T*>(t.const_data_ptr<scalar_t>());
+    };
+    const T* x_ptr = ptr(x);
+    const T* ref_ptr = ptr(ref);
+    if (n > 0) {
+      pair_coefficients_kernel<T>
+          <<<static_cast<unsigned>((2 * n + kGradThreads - 1) / kGradThreads), kGradThreads, 0,
+             stream>>>(ptr(grad_pos), ptr(grad_neg), ptr(pos_dist), ptr(neg_dist),
+                       pos_index.const_data_ptr<int64_t>(), neg_index.const_data_ptr<int64_t>(),
+                       n, m, squared, coef.mutable_data_ptr<float>(),
+                       partner_terms ? keys.mutable_data_ptr<int64_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (partner_terms) launch_nonfinite_counts<T>(x_ptr, n, d, nullptr, x_counts, stream);
+    }
+    if (m > 0 && !self_reference) {
+      launch_nonfinite_counts<T>(ref_ptr, m, d, nullptr, ref_counts, stream);
+    }
+    at::Tensor sorted_keys, order;
+    if (partner_terms) std::tie(sorted_keys, order) = at::sort(keys, std::optional<bool>(true), 0);
+    const int64_t* sorted_ptr = partner_terms ? sorted_keys.const_data_ptr<int64_t>() : nullptr;
+    const int64_t* order_ptr = partner_terms ? order.const_data_ptr<int64_t>() : nullptr;
+
+    const auto rows_grid = [](int64_t rows) {
+      return static_cast<unsigned>((rows + kGradRowsPerBlock - 1) / kGradRowsPerBlock);
+    };
+    if (n > 0) {  // x's rows: the own product with ref, and under self_reference the partners'
+      gradient_rows_kernel<T><<<rows_grid(n), kGradThreads, 0, stream>>>(
+          x_ptr, ref_ptr, x_ptr, coef.const_data_ptr<float>(),
+          pos_index.const_data_ptr<int64_t>(), neg_index.const_data_ptr<int64_t>(), ref_counts,
+          sorted_ptr, order_ptr, 2 * n, self_reference ? x_counts : nullptr, n, d, vec_ok,
+          reinterpret_cast<T*>(grad_x.mutable_data_ptr<scalar_t>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (want_ref && m > 0) {  // the bank's rows: the partner product with x
+      gradient_rows_kernel<T><<<rows_grid(m), kGradThreads, 0, stream>>>(
+          ref_ptr, ref_ptr, x_ptr, coef.const_data_ptr<float>(), nullptr, nullptr, nullptr,
+          sorted_ptr, order_ptr, 2 * n, x_counts, m, d, vec_ok,
+          reinterpret_cast<T*>(grad_ref.mutable_data_ptr<scalar_t>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_x, grad_ref};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(reidfast, CUDA, m) {
   m.impl("triplet_select_forward", &triplet_select_forward_cuda);
+  m.impl("triplet_select_backward", &triplet_select_backward_cuda);
 }
 
 }  // namespace reidfast
