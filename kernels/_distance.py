@@ -9,7 +9,8 @@ in float32. The dot products come from tl.dot over BLOCK_D chunks of D (float32 
 input_precision="ieee", so the products match a float32 matmul; float16 and bfloat16 on tensor
 cores with float32 accumulation); the squared norms are summed in float32 from the loaded values.
 (|x|^2 + |r|^2) - 2 acc is what callers form (2 acc is exact, so a fused multiply-add gives the
-same value); the clamp is theirs too, since some need the value before it.
+same value); the clamp (clamp_min) is theirs too, since some need the value before it. It keeps
+NaN, as torch.clamp does: a NaN embedding gives NaN distances, as in the reference.
 
 Row pointers are [BLOCK, 1] tensors of row starts (callers clamp out-of-range rows to a valid one
 and mask their results); only a D that is not a multiple of BLOCK_D needs load masks (EVEN_D).
@@ -20,7 +21,16 @@ masked tail step after an unmasked loop was measured no better).
 import triton
 import triton.language as tl
 
-DISTANCE_EPS = tl.constexpr(1e-12)
+from reidfast.ops import distance
+
+# The package's one epsilon (reidfast.ops.distance), as a compile-time constant.
+DISTANCE_EPS = tl.constexpr(distance.DISTANCE_EPS)
+
+
+@triton.jit
+def clamp_min(squares):
+    """max(squares, DISTANCE_EPS) keeping NaN (tl.maximum drops it by default), as torch.clamp."""
+    return tl.maximum(squares, DISTANCE_EPS, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit

@@ -58,29 +58,39 @@ Design. Four launches, no host synchronisation, no float atomics:
 4. Loss (`_loss_kernel`, one program): the loss partials summed in a fixed order, as float32.
 
 Tiles (_TILES, per dtype). Square 64 x 64 pair tiles, 8 warps (4 warps measured worse); D steps
-of 8 for float32 (the "ieee" dot runs on FMA units and holds both operands' K slice in
-registers) and of 32 for 16-bit types (64 holds twice the operand fragments and spilled in the
-gradient kernel); gradient chunks of 16 columns for float32 and 32 for 16-bit types (twice that
-spilled). Dimensions below a tile are rounded up to a power of two >= 16. These sizes keep every
-kernel free of register spills on sm_80 and sm_90 (tests/test_adaptive_margin_triton_aot.py;
-also checked for all three dtypes and reductions at N in {64, 300, 512, 1024, 4096, 100000}
-with D in {7, 24, 77, 128, 500, 2048}); they were chosen for that fit, not by timing. Registers
-per thread measured (sm_80 / sm_90): pass 1 160 / 142 (16-bit), 180 / 190 (float32); the
-hinge-only pass 97 / 75 and 124 / 128; the gradient kernel 157 / 135 (float16 "sum", IN_REGS),
-194 / 138 (bfloat16 "balanced", workspace) and 162 / 190 (float32); the one-program kernels
-26 to 38. A D that is not a multiple of BLOCK_D costs more (masked loads are not vectorised):
-up to 246 in the 16-bit gradient kernel, still without spills. The gradient kernel's budget at
-256 threads, float32 values per thread: the distance accumulator 16, the slope operands 8 to 16,
+of 16 for float32 (the "ieee" dot runs on FMA units and holds both operands' K slice in
+registers; 16 is the smallest K that Triton before 3.4 accepts, MIN_DOT_BLOCK) and of 32 for
+16-bit types (64 holds twice the operand fragments and spilled in the gradient kernel);
+gradient chunks of 16 columns for float32 and 32 for 16-bit types (twice that spilled).
+Dimensions below a tile are rounded up to a power of two >= 16. These sizes keep every kernel
+free of register spills on sm_80 and sm_90 (tests/test_adaptive_margin_triton_aot.py; the
+gradient kernel also checked for all three dtypes, "mean" and "balanced", N in {300, 4096} and
+D in {7, 77, 2048}); they were chosen for that fit, not by timing. On sm_75 the float32 and
+float16 gradient kernels spill, so the dispatcher does not run these kernels there
+(reidfast.kernels.supported). Registers per thread measured (sm_80 / sm_90): pass 1 160 / 142
+(16-bit), 190 / 194 (float32); the hinge-only pass 97 / 75 and 128 / 128; the gradient kernel
+157 / 124 (float16 "sum", IN_REGS), 211 / 150 (bfloat16 "balanced", workspace), 184 / 186
+(float32, D = 2048) and up to 220 / 180 (float32, D = 77); the one-program kernels 26 to 42.
+A D that is not a multiple of BLOCK_D costs more (masked loads are not vectorised): up to 242
+in the 16-bit gradient kernel, still without spills. The gradient kernel's budget at 256
+threads, float32 values per thread: the distance accumulator 16, the slope operands 8 to 16,
 the product chunk 8 and with IN_REGS its running sum 8, the workspace chunk 8, the dot operand
 fragments in flight the rest.
 
 Loads. Out-of-range rows and columns are clamped to the last row (their results are masked out),
 so only a D that is not a multiple of BLOCK_D (or BLOCK_G) needs load masks. Pointer offsets are
-int64.
+int64; row and column indices int32.
+
+NaN. Every clamp and hinge keeps NaN (tl.maximum with propagate_nan), so a NaN embedding gives
+NaN sums, margins and loss, as the reference does; the gradient's slopes follow torch's: a
+hinge is active unless its argument is <= 0 (NaN is active), and the clamp passes no gradient
+where the raw squared distance is below the epsilon or NaN; an inf or NaN entry of x makes its
+whole gradient column NaN, as in the reference (_non_finite_columns).
 
 Limits. The caller validates the arguments (x 2-D float32/float16/bfloat16, labels int64 [N],
 mu, gamma > 0, at least one positive and one negative pair: without, the margins are NaN or
-infinite). Pair counts are int32 per program and float64 beyond (exact for N < 2^25). The
+infinite). Pair counts are int32 per program and float64 beyond, exact up to N = MAX_ROWS =
+2^25 (ValueError from `plan` beyond; D at most INDEX_LIMIT = 2^31 - 1025). The
 gradient kernel's parallelism is the number of row blocks times the D splits (at most 4), so a
 batch of a few hundred rows keeps only a few dozen SMs busy in that pass. Tile sizes and splits
 depend on N and D, so dynamic sizes under torch.compile are specialised (guarded).
@@ -93,12 +103,13 @@ import torch
 import triton
 import triton.language as tl
 
-from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, row_block
-from reidfast.kernels._launch import Launch, run_launch
+from reidfast.kernels._distance import DISTANCE_EPS, clamp_min, dot_tile, row_block
+from reidfast.kernels._launch import MIN_DOT_BLOCK, Launch, check_index_limit, run_launch
+from reidfast.ops.enums import REDUCTIONS
 
 # Tiles per dtype: (rows = columns of a pair tile, D per dot step, gradient columns per step, warps).
 _TILES = {
-    torch.float32: (64, 8, 16, 8),
+    torch.float32: (64, 16, 16, 8),
     torch.float16: (64, 32, 32, 8),
     torch.bfloat16: (64, 32, 32, 8),
 }
@@ -112,7 +123,11 @@ _MAX_GRAD_SPLITS = 4
 _REDUCE_BLOCK = 128
 _REDUCE_NUM_WARPS = 4
 
-REDUCTIONS = {"sum": 0, "mean": 1, "balanced": 2}
+# The margins kernel's REDUCTION code is the reduction's position in REDUCTIONS.
+_MEAN = tl.constexpr(REDUCTIONS.index("mean"))
+_SUM = tl.constexpr(REDUCTIONS.index("sum"))
+# The pair counts are exact in float64 and each program's in int32 up to this batch size.
+MAX_ROWS = 2**25
 # The gradient's W_IJ x_J product: W itself in float32, one sign matrix, or two 0/1 masks.
 _SLOPES_FLOAT32, _SLOPES_SIGN, _SLOPES_MASKS = 0, 1, 2
 
@@ -164,7 +179,7 @@ def _pair_tiles_kernel(
         cols_in = tl.minimum(cols, N - 1).to(tl.int64)
         x_cols = x_ptr + cols_in[:, None] * stride_xn
         dots, c_sq = dot_tile(x_rows, x_cols, stride_xd, stride_xd, D, EVEN_D, BLOCK, BLOCK, BLOCK_D)
-        dist = tl.maximum((x_sq[:, None] + c_sq[None, :]) - 2.0 * dots, DISTANCE_EPS)
+        dist = clamp_min((x_sq[:, None] + c_sq[None, :]) - 2.0 * dots)
         col_labels = tl.load(labels_ptr + cols_in * stride_l)
         same = row_labels[:, None] == col_labels[None, :]
         # Each unordered pair once: column > row (rows >= N then have no column < N).
@@ -172,8 +187,8 @@ def _pair_tiles_kernel(
         pos = pair & same
         neg = pair & ~same
         if HINGE:  # one reduction per tile: the terms scaled first
-            terms = tl.where(pos, tl.maximum(dist - mp, 0.0) * pos_scale, 0.0)
-            terms = tl.where(neg, tl.maximum(mn - dist, 0.0) * neg_scale, terms)
+            terms = tl.where(pos, _relu(dist - mp) * pos_scale, 0.0)
+            terms = tl.where(neg, _relu(mn - dist) * neg_scale, terms)
             pos_total += tl.sum(terms)
         else:
             pos_total += tl.sum(tl.where(pos, dist, 0.0)).to(tl.float64)
@@ -214,12 +229,19 @@ def _log1p(x):
 def _div(x, y):
     """x / y in float64 for a positive normal y, without ptxas's division subroutine (which takes
     a stack frame): a float32 reciprocal refined by two Newton steps, and one residual correction
-    of the quotient (within an ulp of the rounded quotient)."""
+    of the quotient (within an ulp of the rounded quotient). An infinite or NaN quotient is
+    returned as it is (the correction would turn inf into NaN)."""
     r = tl.fdiv(1.0, y.to(tl.float32), ieee_rounding=False).to(tl.float64)
     r = r * (2.0 - y * r)
     r = r * (2.0 - y * r)
     q = x * r
-    return tl.fma(tl.fma(-y, q, x), r, q)
+    return tl.where(tl.abs(q) < float("inf"), tl.fma(tl.fma(-y, q, x), r, q), q)
+
+
+@triton.jit
+def _relu(x):
+    """max(x, 0) keeping NaN, as torch.relu (tl.maximum drops NaN by default)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -231,7 +253,7 @@ def _margins_kernel(
     num_pairs,  # N (N - 1) / 2
     mu_bits,  # mu and gamma: float64 bit patterns
     gamma_bits,
-    REDUCTION: tl.constexpr,  # 0 sum, 1 mean, 2 balanced
+    REDUCTION: tl.constexpr,  # position in REDUCTIONS
     BLOCK_P: tl.constexpr,
 ):
     mu = mu_bits.to(tl.float64, bitcast=True)
@@ -245,13 +267,13 @@ def _margins_kernel(
     d = _div(neg_sum, num_neg)
     mp = _div(-_expm1(-mu * d), mu)
     gs = gamma * s
-    mn = _div(tl.maximum(gs, 0.0) + _log1p(tl.exp(-tl.abs(gs))), gamma)
+    mn = _div(_relu(gs) + _log1p(tl.exp(-tl.abs(gs))), gamma)
     one = tl.full([], 1.0, tl.float64)
-    if REDUCTION == 0:
+    if REDUCTION == _SUM:
         pos_scale = one
         neg_scale = one
         ratio = one
-    elif REDUCTION == 1:
+    elif REDUCTION == _MEAN:
         pos_scale = _div(one, total)
         neg_scale = pos_scale
         ratio = one
@@ -310,6 +332,15 @@ def _slope_product(a, b, xj, pos_scale, neg_scale, ratio, SLOPES: tl.constexpr):
 
 
 @triton.jit
+def _non_finite_columns(xj):
+    """[BLOCK_G] float32: NaN in the columns where xj [BLOCK_M, BLOCK_G] holds inf or NaN, else
+    0. The reference's sum_j G_ij x_j multiplies the structural zeros of its triangular slope
+    matrix by every x_j, so one non-finite entry makes its whole gradient column NaN; the kernel's
+    symmetric W may hold no zero against it (and give +-inf), so the NaN is added explicitly."""
+    return tl.sum(xj.to(tl.float32) * 0.0, axis=0)
+
+
+@triton.jit
 def _hinge_grad_kernel(
     x_ptr,  # [N, D], any strides
     labels_ptr,  # [N] int64
@@ -364,17 +395,22 @@ def _hinge_grad_kernel(
         x_cols = x_ptr + cols_in[:, None] * stride_xn
         dots, c_sq = dot_tile(x_rows, x_cols, stride_xd, stride_xd, D, EVEN_D, BLOCK_N, BLOCK_M, BLOCK_D)
         raw = (x_sq[:, None] + c_sq[None, :]) - 2.0 * dots
-        dist = tl.maximum(raw, DISTANCE_EPS)
+        dist = clamp_min(raw)
         col_labels = tl.load(labels_ptr + cols_in * stride_l)
         same = row_labels[:, None] == col_labels[None, :]
         other = (cols[None, :] != rows[:, None]) & col_ok[None, :]
-        pos_hit = other & same & (dist > mp)
-        neg_hit = other & ~same & (mn > dist)
+        pos_hinge = dist - mp
+        neg_hinge = mn - dist
+        # A hinge is active unless its argument is <= 0: a NaN argument is active, as in
+        # torch.relu's gradient (and its term is NaN).
+        pos_hit = other & same & ~(pos_hinge <= 0.0)
+        neg_hit = other & ~same & ~(neg_hinge <= 0.0)
         upper = cols[None, :] > rows[:, None]
-        terms = tl.where(pos_hit & upper, (dist - mp) * pos_scale, 0.0)
-        terms = tl.where(neg_hit & upper, (mn - dist) * neg_scale, terms)
+        terms = tl.where(pos_hit & upper, pos_hinge * pos_scale, 0.0)
+        terms = tl.where(neg_hit & upper, neg_hinge * neg_scale, terms)
         loss_total += tl.sum(terms).to(tl.float64)
-        # The clamp passes no gradient where it bit.
+        # The clamp passes no gradient where it bit, nor where the distance is NaN (as
+        # torch.clamp's gradient: where(raw >= eps, grad, 0)).
         live = raw >= DISTANCE_EPS
         pos_w = pos_hit & live
         neg_w = neg_hit & live
@@ -383,12 +419,12 @@ def _hinge_grad_kernel(
         a, b = _slope_operands(pos_w, neg_w, pos_scale, neg_scale, x_ptr.dtype.element_ty, SLOPES)
         if IN_REGS:
             xj = _load_block(x_cols, g_first, stride_xd, D, EVEN_G)
-            product += _slope_product(a, b, xj, pos_scale, neg_scale, ratio, SLOPES)
+            product += _slope_product(a, b, xj, pos_scale, neg_scale, ratio, SLOPES) + _non_finite_columns(xj)[None, :]
         else:
             for chunk in range(chunk_begin, chunk_end):
                 g = chunk * BLOCK_G + offs_g
                 xj = _load_block(x_cols, g, stride_xd, D, EVEN_G)
-                step = _slope_product(a, b, xj, pos_scale, neg_scale, ratio, SLOPES)
+                step = _slope_product(a, b, xj, pos_scale, neg_scale, ratio, SLOPES) + _non_finite_columns(xj)[None, :]
                 w_ptrs = work_rows + g[None, :]
                 w_ok = row_ok[:, None] & (g < D)[None, :]
                 # The first tile writes the workspace: no zero fill before the kernel.
@@ -413,10 +449,6 @@ def _hinge_grad_kernel(
             tl.store(grad_rows + g[None, :], grad.to(grad_ptr.dtype.element_ty), mask=g_ok)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 def _float_bits(value: float) -> int:
     """The bit pattern of a float64, as a signed int64 kernel scalar."""
     return struct.unpack("<q", struct.pack("<d", float(value)))[0]
@@ -439,15 +471,20 @@ class Plan(NamedTuple):
 def plan(N: int, D: int, dtype: torch.dtype) -> Plan:
     """The configuration adaptive_margin_forward uses for x [N, D] of `dtype`."""
     N, D = int(N), int(D)
+    check_index_limit("adaptive_margin", "D", D)
+    if N > MAX_ROWS:
+        raise ValueError(
+            f"adaptive_margin (Triton): N = {N} exceeds {MAX_ROWS} rows (2^25), the limit of its exact pair counts"
+        )
     max_block, max_d, max_g, num_warps = _TILES[dtype]
-    # tl.dot needs every block dimension >= 16.
-    block = min(max_block, max(16, _next_pow2(N)))
-    block_d = min(max_d, max(16, _next_pow2(D)))
+    # Every tl.dot dimension is at least MIN_DOT_BLOCK (the tables' maxima are too).
+    block = min(max_block, max(MIN_DOT_BLOCK, triton.next_power_of_2(N)))
+    block_d = min(max_d, max(MIN_DOT_BLOCK, triton.next_power_of_2(D)))
     row_blocks = triton.cdiv(max(N, 1), block)
     splits = max(1, min(row_blocks, triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
     tiles_per_split = triton.cdiv(row_blocks, splits)
     splits = triton.cdiv(row_blocks, tiles_per_split)  # no split without tiles in row block 0
-    block_g = min(max_g, max(16, _next_pow2(D)))
+    block_g = min(max_g, max(MIN_DOT_BLOCK, triton.next_power_of_2(D)))
     num_chunks = triton.cdiv(max(D, 1), block_g)
     grad_splits = max(1, min(num_chunks, _MAX_GRAD_SPLITS, triton.cdiv(_GRAD_TARGET_PROGRAMS, row_blocks)))
     chunks_per_split = triton.cdiv(num_chunks, grad_splits)
@@ -530,7 +567,7 @@ def margins_launch(N: int, buffers: Buffers, mu: float, gamma: float, reduction:
             num_parts=buffers.sums.shape[0] // 3, num_pairs=int(N) * (int(N) - 1) // 2,
             mu_bits=_float_bits(mu), gamma_bits=_float_bits(gamma),
         ),
-        constexprs=dict(REDUCTION=REDUCTIONS[reduction], BLOCK_P=_REDUCE_BLOCK),
+        constexprs=dict(REDUCTION=REDUCTIONS.index(reduction), BLOCK_P=_REDUCE_BLOCK),
         num_warps=_REDUCE_NUM_WARPS,
     )
 
@@ -590,7 +627,7 @@ def forward_launches(
 ) -> list[Launch]:
     """The four launches of one forward, in order, writing `buffers` (from `allocate`)."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     second = grad_launch(x, labels, buffers, reduction) if compute_grad else pair_launch(x, labels, buffers, True)
     return [
         pair_launch(x, labels, buffers, False),

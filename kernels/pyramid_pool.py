@@ -35,20 +35,24 @@ pageable memory, while a model's table is fixed, so the one compilation per dist
 once. The stripe and window loops are unrolled, so very large n or NW compile slowly.
 
 Numerics. Maxima use tl.maximum(..., propagate_nan=ALL) and an explicit first-index search, since
-tl.max drops NaN on the GPU. Averages are sum * (1 / count) in float32 (within 1 ulp of a true
-division), rounded to the output dtype once.
+tl.max drops NaN on the GPU. Averages are the float32 sum divided by the element count with
+tl.math.div_rn, the correctly rounded IEEE quotient (Triton's `/` is approximate, up to 2 ulp; a
+division cannot be contracted into an FMA with the following add either), rounded to the output
+dtype once; backward divides each window's gradient by its count the same way.
 
-Limits. H * W must fit in int32 (the argmax is int32); pointer offsets are int64. Arguments (window
-table within [0, n], 1 <= n <= H, W >= 1, grad_out and argmax shapes) are validated by the caller.
-Block sizes depend on C, H, W and n, so a dynamic C, H or W under torch.compile is specialised
-(guarded); B stays symbolic.
+Limits. Pointer offsets are int64; spatial positions and program ids are int32, so H * W and the
+number of programs, B * ceil(C / BLOCK_C), are at most INDEX_LIMIT = 2^31 - 1025 (ValueError
+beyond; the argmax is int32 anyway). Arguments (window table within [0, n], 1 <= n <= H,
+W >= 1, grad_out and argmax shapes) are validated by the caller. Block sizes depend on C, H, W
+and n, so a dynamic C, H or W under torch.compile is specialised (guarded); B stays symbolic.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from reidfast.kernels._launch import Launch, run_launch
+from reidfast.kernels._launch import Launch, check_index_limit, run_launch
+from reidfast.ops.enums import POOL_MODES
 
 _NUM_WARPS = 4
 # Channels per thread when the channel axis is contiguous. Each holds the running statistics and
@@ -79,6 +83,23 @@ def _stripe_start(s, H, W, N_PARTS: tl.constexpr, ALIGN: tl.constexpr):
     if ALIGN > 1:
         k = tl.multiple_of(k, ALIGN)
     return k
+
+
+@triton.jit
+def _window_count(
+    i: tl.constexpr,
+    H,
+    W,
+    N_PARTS: tl.constexpr,
+    WIN_FIRST: tl.constexpr,
+    WIN_LAST: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """The number of elements of window i as a float32 scalar, rounded as the reference's float
+    element count (exact below 2^24)."""
+    last = _stripe_start(WIN_LAST[i] + 1, H, W, N_PARTS, ALIGN)
+    # With H and W constexpr 1 the count is a plain int: the float32 zero makes it a tensor.
+    return tl.zeros([], tl.float32) + (last - _stripe_start(WIN_FIRST[i], H, W, N_PARTS, ALIGN))
 
 
 @triton.jit
@@ -228,10 +249,7 @@ def _pyramid_pool_fwd_kernel(
             win_sum = stripe_sum[WIN_FIRST[i]]
             for j in tl.static_range(WIN_FIRST[i] + 1, WIN_LAST[i] + 1):
                 win_sum += stripe_sum[j]
-            count = _stripe_start(WIN_LAST[i] + 1, H, W, N_PARTS, ALIGN) - _stripe_start(
-                WIN_FIRST[i], H, W, N_PARTS, ALIGN
-            )
-            win_avg = win_sum * (1.0 / count)
+            win_avg = tl.math.div_rn(win_sum, _window_count(i, H, W, N_PARTS, WIN_FIRST, WIN_LAST, ALIGN))
         if HAS_MAX and HAS_AVG:
             result = win_max + win_avg
         elif HAS_MAX:
@@ -285,10 +303,8 @@ def _pyramid_pool_bwd_kernel(
     for i in tl.static_range(NUM_WINDOWS):
         g = tl.load(g_row + i * stride_gw, mask=c_mask, other=0.0).to(tl.float32)
         if HAS_AVG:
-            count = _stripe_start(WIN_LAST[i] + 1, H, W, N_PARTS, ALIGN) - _stripe_start(
-                WIN_FIRST[i], H, W, N_PARTS, ALIGN
-            )
-            avg_grads = avg_grads + (g * (1.0 / count),)
+            count = _window_count(i, H, W, N_PARTS, WIN_FIRST, WIN_LAST, ALIGN)
+            avg_grads = avg_grads + (tl.math.div_rn(g, count),)
         if HAS_MAX:
             max_grads = max_grads + (g,)
             positions = positions + (tl.load(a_row + i * stride_aw, mask=c_mask, other=-1),)
@@ -324,15 +340,10 @@ def _pyramid_pool_bwd_kernel(
 
 
 def _parse_mode(mode: str) -> tuple[bool, bool]:
-    """(has_max, has_avg) of a pooling mode."""
-    modes = {"max": (True, False), "avg": (False, True), "max+avg": (True, True)}
-    if mode not in modes:
-        raise ValueError(f"pyramid_pool: mode must be 'max', 'avg' or 'max+avg', got {mode!r}")
-    return modes[mode]
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
+    """(has_max, has_avg) of a pooling mode of POOL_MODES."""
+    if mode not in POOL_MODES:
+        raise ValueError(f"pyramid_pool: mode must be one of {POOL_MODES}, got {mode!r}")
+    return mode != "avg", mode != "max"
 
 
 def _flat_spatial_stride(H: int, W: int, stride_h: int, stride_w: int) -> int | None:
@@ -360,13 +371,14 @@ def _tile_config(
     says every stripe is a whole number of chunks."""
     vec = 16 // itemsize  # elements per 16-byte access
     C, H, W, num_parts = int(C), int(H), int(W), int(num_parts)
+    check_index_limit("pyramid_pool", "H * W", H * W)
     longest = -(-H // num_parts) * W  # elements of the longest stripe
-    span = _next_pow2(longest)
+    span = triton.next_power_of_2(longest)
     if stride_c == 1 and C > 1:
         # Each thread loads _CHANNEL_VEC channels at one position per chunk: a warp covers
         # 32 * _CHANNEL_VEC channels and the warps split the positions. A stripe too long to
         # unroll is looped over with 4 positions per thread, to keep loads in flight.
-        block_c = min(_next_pow2(C), 32 * min(vec, _CHANNEL_VEC))
+        block_c = min(triton.next_power_of_2(C), 32 * min(vec, _CHANNEL_VEC))
         block_hw = min(span, _NUM_WARPS)
         if triton.cdiv(longest, block_hw) > _MAX_STATIC_CHUNKS:
             block_hw = min(span, 4 * _NUM_WARPS)
@@ -383,13 +395,20 @@ def _tile_config(
         block_hw = min(span, 2 * vec)
         lanes_per_row = block_hw // min(align, block_hw)
         block_c = min(
-            _next_pow2(C),
+            triton.next_power_of_2(C),
             _SPATIAL_ROWS_PER_THREAD * 32 * _NUM_WARPS // lanes_per_row,
             _SPATIAL_MAX_BLOCK_C,
         )
     chunks = triton.cdiv(longest, block_hw)
     even = H % num_parts == 0 and longest % block_hw == 0
     return block_c, block_hw, align, chunks if chunks <= _MAX_STATIC_CHUNKS else 0, even
+
+
+def _grid(B: int, C: int, block_c: int) -> tuple[int]:
+    """One program per (b, block of channels)."""
+    programs = int(B) * triton.cdiv(int(C), block_c)
+    check_index_limit("pyramid_pool", "B * ceil(C / BLOCK_C) (programs)", programs)
+    return (programs,)
 
 
 def _window_constexprs(
@@ -426,7 +445,7 @@ def forward_launch(
     )
     return Launch(
         kernel=_pyramid_pool_fwd_kernel,
-        grid=(B * triton.cdiv(C, block_c),),
+        grid=_grid(B, C, block_c),
         args=dict(
             x_ptr=x, out_ptr=out, argmax_ptr=argmax, C=C, H=H, W=W,
             stride_xb=stride_xb, stride_xc=stride_xc, stride_xh=stride_xh, stride_xw=stride_xw,
@@ -469,7 +488,7 @@ def backward_launch(
     stride_ab, stride_aw, stride_ac = argmax.stride() if has_max else (0, 0, 0)
     return Launch(
         kernel=_pyramid_pool_bwd_kernel,
-        grid=(B * triton.cdiv(C, block_c),),
+        grid=_grid(B, C, block_c),
         args=dict(
             grad_out_ptr=grad_out, argmax_ptr=argmax, grad_x_ptr=grad_x, C=C, H=H, W=W,
             stride_gb=stride_gb, stride_gw=stride_gw, stride_gc=stride_gc,

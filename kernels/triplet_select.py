@@ -52,16 +52,21 @@ Design. Program (row block, split) owns BLOCK_N anchors and a contiguous range o
   the merge order does not matter) and writes the result. With one split the selection kernel
   writes the result itself and there is no workspace.
 
-Tiles (_TILES, per dtype). 64 anchors x 64 reference rows per tile, 8 warps; D steps of 8 for
-float32 (the "ieee" dot runs on FMA units and holds both operands' K slice in registers) and of 64
-for 16-bit types (128 bytes of a row). These sizes keep the selection kernel free of register
-spills up to k = p = 32 on sm_80 and sm_90 (tests/test_triplet_select_triton_aot.py); they were
-chosen for that fit, not by timing. The merge kernel takes 32 rows per program and 32 partial
-keys per step. Dimensions below a tile are rounded up to a power of two >= 16.
+Tiles (_TILES, per dtype). 64 reference rows per tile and 8 warps; for float32 32 anchors and
+D steps of 16 (the "ieee" dot runs on FMA units and holds both operands' K slice in registers;
+16 is the smallest K that Triton before 3.4 accepts, MIN_DOT_BLOCK, and 64 anchors at that K
+spill on sm_90), for 16-bit types 64 anchors and D steps of 64 (128 bytes of a row). These
+sizes keep the selection kernel free of register spills up to k = p = 32 on sm_80 and sm_90,
+and for float32 on sm_75 (tests/test_triplet_select_triton_aot.py; float32 uses 105 to 196
+registers per thread); they were chosen for that fit, not by timing. The merge kernel takes 32
+rows per program and 32 partial keys per step. Dimensions below a tile are rounded up to a power
+of two >= 16.
 
 Loads. Out-of-range anchors and reference rows are clamped to the last row (their results are
 masked out), so only a D that is not a multiple of BLOCK_D needs load masks. Pointer offsets are
-int64; N and M must fit in 31 bits (a key's low word holds the column index).
+int64 (a 2^20 x 2048 memory bank, 2^31 elements, is addressed correctly); row and column indices
+are int32, so N, M and D are at most INDEX_LIMIT = 2^31 - 1025 (ValueError from `plan` beyond;
+a key's low word holds the column index).
 
 Limits. k, p <= 32 (_MAX_RANK; larger ranks raise ValueError and are served elsewhere). A
 distance tile is recomputed from x and ref for every row block, as in any GEMM; x and ref are
@@ -76,15 +81,15 @@ import torch
 import triton
 import triton.language as tl
 
-from reidfast.kernels._distance import DISTANCE_EPS, dot_tile, row_block
-from reidfast.kernels._launch import Launch, run_launch
+from reidfast.kernels._distance import clamp_min, dot_tile, row_block
+from reidfast.kernels._launch import MIN_DOT_BLOCK, Launch, check_index_limit, run_launch
 
 _MAX_RANK = 32
 # Column tiles are split across programs until about this many programs run (a few per SM).
 _TARGET_PROGRAMS = 512
 # Tiles per dtype: (anchors per program, reference rows per tile, D per dot step, warps).
 _TILES = {
-    torch.float32: (64, 64, 8, 8),
+    torch.float32: (32, 64, 16, 8),
     torch.float16: (64, 64, 64, 8),
     torch.bfloat16: (64, 64, 64, 8),
 }
@@ -228,7 +233,7 @@ def _triplet_select_kernel(
         r_rows = ref_ptr + cols_in[:, None] * stride_rn
         acc, r_sq = dot_tile(x_rows, r_rows, stride_xd, stride_rd, D, EVEN_D, BLOCK_N, BLOCK_M, BLOCK_D)
         sq = (x_sq[:, None] + r_sq[None, :]) - 2.0 * acc
-        sq = tl.maximum(sq, DISTANCE_EPS, propagate_nan=tl.PropagateNan.ALL)
+        sq = clamp_min(sq)
         if SQUARED:
             dist = sq
         else:
@@ -297,10 +302,6 @@ def _triplet_merge_kernel(
     _store_result(neg_dist_ptr, neg_index_ptr, neg, rows, row_ok, False, P_WIDTH)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 class Plan(NamedTuple):
     """Tile sizes and the split of the column tiles, from the problem size alone."""
 
@@ -319,17 +320,20 @@ def plan(N: int, M: int, D: int, dtype: torch.dtype, k: int, p: int) -> Plan:
     if not (1 <= k <= _MAX_RANK and 1 <= p <= _MAX_RANK):
         raise ValueError(f"triplet_select (Triton): k and p must lie in [1, {_MAX_RANK}], got k={k}, p={p}")
     N, M, D = int(N), int(M), int(D)
+    for name, size in (("N", N), ("M", M), ("D", D)):
+        check_index_limit("triplet_select", name, size)
     max_n, max_m, max_d, num_warps = _TILES[dtype]
-    # tl.dot needs every block dimension >= 16.
-    block_n = min(max_n, max(16, _next_pow2(N)))
-    block_m = min(max_m, max(16, _next_pow2(M)))
-    block_d = min(max_d, max(16, _next_pow2(D)))
+    # Every tl.dot dimension is at least MIN_DOT_BLOCK (the tables' maxima are too).
+    block_n = min(max_n, max(MIN_DOT_BLOCK, triton.next_power_of_2(N)))
+    block_m = min(max_m, max(MIN_DOT_BLOCK, triton.next_power_of_2(M)))
+    block_d = min(max_d, max(MIN_DOT_BLOCK, triton.next_power_of_2(D)))
     num_tiles = triton.cdiv(M, block_m)
     row_blocks = triton.cdiv(max(N, 1), block_n)
     splits = max(1, min(num_tiles, triton.cdiv(_TARGET_PROGRAMS, row_blocks)))
     tiles_per_split = max(1, triton.cdiv(num_tiles, splits))
     splits = max(1, triton.cdiv(num_tiles, tiles_per_split))  # no split without tiles
-    return Plan(block_n, block_m, block_d, splits, tiles_per_split, _next_pow2(k), _next_pow2(p), num_warps)
+    k_width, p_width = triton.next_power_of_2(k), triton.next_power_of_2(p)
+    return Plan(block_n, block_m, block_d, splits, tiles_per_split, k_width, p_width, num_warps)
 
 
 def workspace(x: torch.Tensor, ref: torch.Tensor, k: int, p: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,7 +413,7 @@ def merge_launch(
 ) -> Launch:
     """The launch merging the partial selections of `workspace` into the outputs [N]."""
     N = pos_dist.shape[0]
-    k_width, p_width = _next_pow2(k), _next_pow2(p)
+    k_width, p_width = triton.next_power_of_2(k), triton.next_power_of_2(p)
     num_splits = part_pos.shape[1] // k_width
     return Launch(
         kernel=_triplet_merge_kernel,
@@ -424,7 +428,7 @@ def merge_launch(
             K_WIDTH=k_width,
             P_WIDTH=p_width,
             BLOCK_R=_MERGE_BLOCK_R,
-            BLOCK_C=min(_MERGE_BLOCK_C, max(16, _next_pow2(num_splits * max(k_width, p_width)))),
+            BLOCK_C=min(_MERGE_BLOCK_C, max(16, triton.next_power_of_2(num_splits * max(k_width, p_width)))),
         ),
         num_warps=_MERGE_NUM_WARPS,
     )

@@ -15,9 +15,9 @@ import torch  # noqa: E402
 from reidfast.kernels import adaptive_margin as kernels  # noqa: E402
 from reidfast.kernels._launch import run_launch  # noqa: E402
 from reidfast.ops.adaptive_margin import _reference_loss  # noqa: E402
-from reidfast.ops.triplet_select import _distance_matrix  # noqa: E402
+from reidfast.ops.distance import distance_matrix  # noqa: E402
+from reidfast.ops.enums import REDUCTIONS  # noqa: E402
 
-REDUCTIONS = ("mean", "sum", "balanced")
 # (scale of x, mu, gamma): the defaults, where every positive pair is past Mp and negatives
 # straddle Mn; and smaller distances with margins inside both distributions.
 SETTINGS = {"defaults": (1.0, 8.0, 2.1), "both-branches": (0.3, 1.0, 0.5)}
@@ -30,7 +30,7 @@ def tiles(request, monkeypatch):
     the workspace; small-tiles-split: every column tile its own program, one gradient chunk per
     program (D split, in registers)."""
     if request.param != "default":
-        monkeypatch.setitem(kernels._TILES, torch.float32, (16, 8, 16, 4))
+        monkeypatch.setitem(kernels._TILES, torch.float32, (16, 16, 16, 4))
         many = request.param == "small-tiles-split"
         monkeypatch.setattr(kernels, "_TARGET_PROGRAMS", 10**6 if many else 1)
         monkeypatch.setattr(kernels, "_GRAD_TARGET_PROGRAMS", 10**6 if many else 1)
@@ -93,7 +93,7 @@ def test_both_hinge_branches_are_exercised():
     labels = _uneven_labels([9, 1, 4, 7, 2, 5, 3, 6], generator)
     x = scale * torch.randn(labels.numel(), 13, generator=generator)
     _, margins = _reference_loss(x, labels, mu, gamma, "sum")
-    dist = _distance_matrix(x, x, squared=True)
+    dist = distance_matrix(x, x, squared=True)
     upper = torch.ones_like(dist, dtype=torch.bool).triu(1)
     same = labels[:, None] == labels[None, :]
     pos, neg = dist[upper & same], dist[upper & ~same]
@@ -205,3 +205,35 @@ def test_plan_splits():
     assert wide.grad_splits == kernels._MAX_GRAD_SPLITS and wide.chunks_per_split > 1
     small = kernels.plan(20, 5, torch.float32)
     assert (small.block, small.row_blocks, small.splits, small.grad_splits) == (32, 1, 1, 1)
+
+
+@pytest.mark.parametrize("poison", ["nan-row", "nan-element", "inf-element"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nan_and_inf_propagate_as_in_the_reference(tiles, reduction, poison):
+    """A NaN or infinite embedding: the loss, the margins and the gradient are NaN (and infinite)
+    exactly where the reference's are, with and without the gradient pass."""
+    generator = torch.Generator().manual_seed(len(reduction) + len(poison))
+    labels = _uneven_labels([4, 3, 5, 2, 6], generator)  # N = 20
+    x = 0.3 * torch.randn(labels.numel(), 6, generator=generator)
+    if poison == "nan-row":
+        x[5] = float("nan")
+    else:
+        x[5, 2] = float("nan") if poison == "nan-element" else float("inf")
+    want_loss, want_margins, want_grad = _reference(x, labels, 1.0, 0.5, reduction)
+    assert torch.isnan(want_loss) and torch.isnan(want_grad).any()
+    for compute_grad in (False, True):
+        loss, margins, grad = kernels.adaptive_margin_forward(x, labels, 1.0, 0.5, reduction, compute_grad)
+        torch.testing.assert_close(loss, want_loss, equal_nan=True)
+        torch.testing.assert_close(margins, want_margins, rtol=1e-5, atol=0, equal_nan=True)
+        if compute_grad:
+            assert torch.equal(torch.isnan(grad), torch.isnan(want_grad))
+            torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-6, equal_nan=True)
+
+
+def test_sizes_past_the_limits_raise():
+    """Pair counts are exact up to MAX_ROWS rows; D is an int32 index."""
+    kernels.plan(kernels.MAX_ROWS, 8, torch.float32)
+    with pytest.raises(ValueError, match=r"N = 33554433 exceeds 33554432 rows"):
+        kernels.plan(kernels.MAX_ROWS + 1, 8, torch.float32)
+    with pytest.raises(ValueError, match=r"D = 2147483648 exceeds the kernels' int32 index limit"):
+        kernels.plan(8, 2**31, torch.float32)

@@ -1,12 +1,12 @@
-"""The Triton pyramid_pool kernels compile for sm_80 and sm_90 in the configurations the launcher
-picks: NCHW and channels_last, 16- and 32-bit, the full pyramid and MGN's windows, every mode,
-without spilling registers."""
+"""The Triton pyramid_pool kernels compile for sm_75, sm_80 and sm_90 in the configurations the
+launcher picks: NCHW and channels_last, 16- and 32-bit, the full pyramid and MGN's windows, every
+mode, without spilling registers."""
 
 import pytest
 
 pytest.importorskip("triton")
 import torch  # noqa: E402
-from triton_aot import ARCHITECTURES, assert_compiled_without_spills, compile_all  # noqa: E402
+from triton_aot import define_tests  # noqa: E402
 
 from reidfast.ops import pyramid_windows  # noqa: E402
 
@@ -47,12 +47,25 @@ def launches():
     return result
 
 
-@pytest.fixture(scope="module")
-def reports():
-    return compile_all(__file__, "launches")
+aot_reports, test_kernels_compile = define_tests(
+    __file__, "pyramid_pool", {case: values[3] for case, values in CASES.items()}
+)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("case", CASES)
-def test_kernels_compile(reports, case, arch):
-    assert_compiled_without_spills(reports[(case, arch)])
+def test_sizes_past_the_int32_index_limit_raise():
+    """Spatial positions and program ids are int32 in the kernels: a larger H * W or grid is
+    refused before launch (meta tensors: nothing is allocated)."""
+    from reidfast.kernels._launch import INDEX_LIMIT
+    from reidfast.kernels.pyramid_pool import forward_launch
+
+    def launch(B, C, H, W):
+        x = torch.empty((B, C, H, W), device="meta")
+        out = torch.empty((B, 1, C), device="meta")
+        argmax = torch.empty((B, 1, C), dtype=torch.int32, device="meta")
+        return forward_launch(x, out, argmax, 1, [0], [1], "max", True)
+
+    launch(1, 1, 2**15, 2**15)
+    with pytest.raises(ValueError, match=rf"H \* W = {2**31} exceeds the kernels' int32 index limit {INDEX_LIMIT}"):
+        launch(1, 1, 2**16, 2**15)
+    with pytest.raises(ValueError, match=r"B \* ceil\(C / BLOCK_C\) \(programs\) = \d+ exceeds"):
+        launch(2**31, 2, 1, 1)

@@ -11,7 +11,8 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 from reidfast.kernels import triplet_select as kernels  # noqa: E402
-from reidfast.ops.triplet_select import _distance_matrix, _reference_select  # noqa: E402
+from reidfast.ops.distance import distance_matrix  # noqa: E402
+from reidfast.ops.triplet_select import _reference_select  # noqa: E402
 
 RTOL = 1e-5
 
@@ -34,7 +35,7 @@ def _uneven_labels(counts, generator):
 
 
 def _reference_matrix(x, ref, self_reference, squared):
-    dist = _distance_matrix(x, ref, squared)
+    dist = distance_matrix(x, ref, squared)
     if self_reference:
         dist.fill_diagonal_(0.0)
     return dist
@@ -141,16 +142,19 @@ def test_anchors_without_positives_or_negatives(tiles):
     assert torch.all(pos_index[~anchors_1] >= 0) and torch.all(neg_index[anchors_1] >= 0)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("k, p", [(1, 1), (2, 3)])
-def test_nan_ranks_as_the_largest_distance(tiles, k, p):
-    """NaN reference rows: the largest positives (lowest NaN index first), the last negatives."""
+def test_nan_ranks_as_the_largest_distance(tiles, k, p, value):
+    """NaN reference rows: the largest positives (lowest NaN index first), the last negatives.
+    Infinite entries give infinite or NaN distances (inf - inf), ranked the same way."""
     generator = torch.Generator().manual_seed(k + p)
     labels = _uneven_labels([4, 5, 3], generator)  # N = 12
     ref_labels = _uneven_labels([9, 8, 10, 7], generator)  # M = 34
     x = torch.randn(labels.numel(), 6, generator=generator)
     ref = torch.randn(ref_labels.numel(), 6, generator=generator)
-    ref[[5, 17, 30]] = float("nan")
-    x[4] = float("nan")  # every distance of this anchor is NaN
+    ref[[5, 17, 30]] = value
+    x[4] = value  # every distance of this anchor is NaN (inf: NaN or inf)
+    x[7, 2] = value
     _check(x, labels, ref, ref_labels, False, k, p, False, exact=True)
 
 
@@ -188,3 +192,13 @@ def test_plan_splits_only_when_programs_are_few():
     assert bank.splits > 1 and bank.splits * bank.tiles_per_split >= 65536 // bank.block_m
     assert (bank.splits - 1) * bank.tiles_per_split < 65536 // bank.block_m  # no empty split
     assert small.k_width == 1 and kernels.plan(8, 8, 8, torch.float32, 5, 17).p_width == 32
+
+
+def test_sizes_past_the_int32_index_limit_raise():
+    """Row and column indices are int32 in the kernels: larger N, M or D are refused before launch."""
+    from reidfast.kernels._launch import INDEX_LIMIT
+
+    kernels.plan(INDEX_LIMIT, 8, 8, torch.float32, 1, 1)
+    for sizes, name in (((INDEX_LIMIT + 1, 8, 8), "N"), ((8, 2**31, 8), "M"), ((8, 8, 2**31), "D")):
+        with pytest.raises(ValueError, match=rf"{name} = \d+ exceeds the kernels' int32 index limit {INDEX_LIMIT}"):
+            kernels.plan(*sizes, torch.float32, 1, 1)

@@ -4,13 +4,21 @@ The interpreter proves a kernel's arithmetic on the CPU but not that it lowers t
 register pressure and constexpr handling only meet the compiler on a real target. Compiling the
 exact launch a launcher would run (same constexprs, same argument types, the specialisations
 Triton applies at a launch: integer arguments equal to 1 become constants, pointers and integers
-divisible by 16 are marked so, the pointers being taken as fresh allocations) for sm_80 and sm_90 catches that here. Triton ships its own
-ptxas, so no CUDA device or driver is needed.
+divisible by 16 are marked so, the pointers being taken as fresh allocations) for sm_75 (Turing),
+sm_80 and sm_90 catches that here. Triton ships its own ptxas, so no CUDA device or driver is
+needed.
+
+Each compiled launch is held to three rules: it yields machine code; it does not spill registers
+(no LOCAL or STACK bytes, from cuobjdump -res-usage, the `ptxas -v` figures); and every tl.dot in
+its Triton IR has M, N and K >= MIN_DOT_BLOCK (16), which Triton before 3.4 (torch 2.6 and 2.7,
+which the package admits) requires on NVIDIA GPUs while newer Triton and the interpreter accept
+less.
 
 The tests run Triton interpreted, where @triton.jit yields functions the compiler cannot take, so
 the compilation runs in a child process without TRITON_INTERPRET: `compile_all(module, function)`
 imports `module` there, calls `function()` for a {case id: [Launch, ...]} mapping, compiles every
-launch for every architecture, and returns {(case id, arch): report}.
+launch for every architecture, and returns {(case id, arch): report}. `define_tests` gives a test
+module its fixture and parametrised test over those reports.
 """
 
 import json
@@ -21,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARCHITECTURES = (80, 90)
+ARCHITECTURES = (75, 80, 90)
 
 _POINTER_TYPES = {
     "torch.float32": "*fp32",
@@ -86,7 +94,21 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", listing)}
 
 
+def _dot_shapes(ttir: str) -> list[list[int]]:
+    """[M, N, K] of every tt.dot in a kernel's Triton IR."""
+    shapes = []
+    for a_rows, a_cols, b_rows, b_cols in re.findall(
+        r"tt\.dot [^:]*: tensor<(\d+)x(\d+)x\w+> \* tensor<(\d+)x(\d+)x\w+>", ttir
+    ):
+        assert a_cols == b_rows, (a_rows, a_cols, b_rows, b_cols)
+        shapes.append([int(a_rows), int(b_cols), int(a_cols)])
+    return shapes
+
+
 def compile_all(module_path: str, function: str) -> dict[tuple[str, int], dict]:
+    """{(case id, arch): report} for the launches of `module_path`'s `function()`, compiled in a
+    child process (see the module docstring); a report lists each launch's kernel name, machine
+    code size, tl.dot shapes [M, N, K] and REG / STACK / SHARED / LOCAL usage, or the error."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
         [sys.executable, __file__, module_path, function],
@@ -101,9 +123,12 @@ def compile_all(module_path: str, function: str) -> dict[tuple[str, int], dict]:
     return {(r["case"], r["arch"]): r for r in reports}
 
 
-def assert_compiled_without_spills(report: dict, expected_kernels: int | None = None) -> None:
+def assert_compiled(report: dict, expected_kernels: int | None = None) -> None:
     """A case's report: every launch compiled to machine code, without register spills (a spill
-    to local memory would make a kernel memory-bound on its own scratch)."""
+    to local memory would make a kernel memory-bound on its own scratch), with every tl.dot
+    dimension >= MIN_DOT_BLOCK."""
+    from reidfast.kernels._launch import MIN_DOT_BLOCK
+
     assert report["error"] is None, report["error"]
     assert report["kernels"], "no kernel compiled"
     if expected_kernels is not None:
@@ -111,6 +136,33 @@ def assert_compiled_without_spills(report: dict, expected_kernels: int | None = 
     for kernel in report["kernels"]:
         assert kernel["cubin_bytes"] > 0, f"{kernel['name']}: no machine code"
         assert kernel["LOCAL"] == 0 and kernel["STACK"] == 0, f"{kernel['name']} spills: {kernel}"
+        for m, n, k in kernel["dots"]:
+            assert min(m, n, k) >= MIN_DOT_BLOCK, f"{kernel['name']}: tl.dot of M={m}, N={n}, K={k}"
+
+
+def define_tests(module_path: str, op: str, dtypes: dict, expected_kernels: int | None = None):
+    """(fixture, test) for the test module of `op` whose `launches()` compiles the cases of
+    `dtypes` ({case id: input dtype}): the launches compiled once for every architecture, and one
+    test per (case, architecture) asserting `assert_compiled`, skipped with the reason where
+    reidfast.kernels.supported says the dispatcher does not run Triton. The module binds them to
+    module-level names, where pytest collects them."""
+    import pytest
+
+    from reidfast.kernels import supported
+
+    @pytest.fixture(scope="module")
+    def aot_reports():
+        return compile_all(module_path, "launches")
+
+    @pytest.mark.parametrize("arch", ARCHITECTURES)
+    @pytest.mark.parametrize("case", list(dtypes))
+    def test_kernels_compile(aot_reports, case, arch):
+        reason = supported(op, divmod(arch, 10), dtypes[case])
+        if reason is not None:
+            pytest.skip(reason)
+        assert_compiled(aot_reports[(case, arch)], expected_kernels)
+
+    return aot_reports, test_kernels_compile
 
 
 def _main(module_path: str, function: str) -> None:
@@ -126,9 +178,14 @@ def _main(module_path: str, function: str) -> None:
             report = {"case": case, "arch": arch, "error": None, "kernels": []}
             try:
                 for launch in launches:
-                    cubin = _compile_launch(launch, arch).asm["cubin"]
+                    compiled = _compile_launch(launch, arch)
+                    cubin = compiled.asm["cubin"]
                     report["kernels"].append(
-                        {"name": launch.kernel.fn.__name__, "cubin_bytes": len(cubin)}
+                        {
+                            "name": launch.kernel.fn.__name__,
+                            "cubin_bytes": len(cubin),
+                            "dots": _dot_shapes(compiled.asm["ttir"]),
+                        }
                         | _resource_usage(cubin)
                     )
             except Exception as error:  # reported per case to the test, which fails on it
