@@ -1,4 +1,4 @@
-"""Argument checks shared by the ops: each raises naming the argument and the value it got."""
+"""Argument checks shared by the whole package: each raises naming the argument and the value it got."""
 
 import torch
 
@@ -50,3 +50,15 @@ def check_bool(name: str, value) -> None:
     """`value` is a bool (a flag that 0, 1 or None would set by accident)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_same_as(name: str, value: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    """`value` [*, D] has `other`'s dtype, device and last dimension D (a second set of embeddings)."""
+    if value.dtype != other.dtype:
+        raise TypeError(f"{name} must have {other_name}'s dtype {other.dtype}, got {value.dtype}")
+    if value.device != other.device:
+        raise ValueError(f"{name} must be on {other_name}'s device {other.device}, got {value.device}")
+    if value.shape[-1] != other.shape[-1]:
+        raise ValueError(
+            f"{name} must have {other_name}'s embedding size D={other.shape[-1]}, got shape {tuple(value.shape)}"
+        )

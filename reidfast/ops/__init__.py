@@ -2,10 +2,10 @@
 backends (see reidfast.backend)."""
 
 from reidfast.ops.adaptive_margin import AdaptiveMargins, adaptive_margin_loss, adaptive_margin_loss_reference
+from reidfast.ops.distance import pairwise_distance
 from reidfast.ops.pyramid_pool import pyramid_pool, pyramid_pool_reference, pyramid_windows
 from reidfast.ops.triplet_select import (
     TripletSelection,
-    pairwise_distance,
     triplet_loss,
     triplet_select,
     triplet_select_reference,

@@ -1,4 +1,4 @@
-"""The adaptive-margin pairwise loss (papers/adaptive-margin-ranking.txt, Eq. 5-9).
+"""The adaptive-margin pairwise loss (arXiv:1707.00409, Eq. 5-9; docs/methods.md section 4).
 
 Over the unordered pairs i < j of a batch x [N, D] with identity labels, with D_ij the squared
 Euclidean distance in the package's convention, max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12):
@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import _extension
-from reidfast.backend import BACKENDS, resolve_backend, triton_installed
-from reidfast.ops._checks import check_float, check_float_dtype, check_labels, check_tensor
-from reidfast.ops.triplet_select import _distance_matrix
+from reidfast.backend import OpBackends, triton_installed
+from reidfast._checks import check_float, check_float_dtype, check_labels, check_tensor
+from reidfast.ops._autograd import refuse_double_backward
+from reidfast.ops.distance import accumulation_dtype, distance_matrix
 
-REDUCTIONS = ("mean", "sum", "balanced")
+from reidfast.ops.enums import REDUCTIONS
 
 
 class AdaptiveMargins(NamedTuple):
@@ -76,14 +77,12 @@ def adaptive_margin_loss(
     labels = labels.long()
     if not torch.compiler.is_compiling():
         _check_pairs(labels)
-    name = resolve_backend(backend, x.device, "adaptive_margin_loss", _implemented())
+    name = _KERNELS.choose(backend, x)
     if name == "reference":
         loss, margins = _reference_loss(x, labels, float(mu), float(gamma), reduction)
     else:
-        if x.dtype == torch.float64 and name != "cpu":
-            raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
         compute_grad = torch.is_grad_enabled() and x.requires_grad
-        loss, margin_values, _ = _FORWARD_OPS[name](x, labels, float(mu), float(gamma), reduction, compute_grad)
+        loss, margin_values, _ = _KERNELS.kernels[name](x, labels, float(mu), float(gamma), reduction, compute_grad)
         margins = AdaptiveMargins(*margin_values.unbind()) if return_margins else None
     loss = loss.to(x.dtype)
     return (loss, margins) if return_margins else loss
@@ -106,7 +105,7 @@ def adaptive_margin_loss_reference(
 
 def _reference_loss(x, labels, mu, gamma, reduction):
     n = x.shape[0]
-    distances = _distance_matrix(x, x, squared=True)  # [N, N], clamped squared distances
+    distances = distance_matrix(x, x, squared=True)  # [N, N], clamped squared distances
     rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)  # the pairs i < j
     pair = distances[rows, cols]  # [P]
     positive = labels[rows] == labels[cols]  # [P]
@@ -138,14 +137,16 @@ def _check_args(x, labels, mu, gamma, reduction, return_margins) -> None:
 
 def _check_pairs(labels: torch.Tensor) -> None:
     """The batch has a positive pair and a negative pair (reads the labels on the host)."""
-    counts = torch.unique(labels, return_counts=True)[1]
-    if not bool((counts > 1).any()):
+    ordered = labels.sort().values  # [N]
+    repeated, distinct = (ordered[1:] == ordered[:-1]).any(), (ordered[:1] != ordered[-1:]).any()
+    has_positive, has_negative = torch.stack([repeated, distinct]).tolist()  # one read on the host
+    if not has_positive:
         raise ValueError(
             f"labels: the batch has no positive pair (all {labels.shape[0]} labels differ); the "
             "adaptive-margin loss needs identities with at least two images: use an identity-"
             "balanced sampler (A anchors, each with positives and negatives)"
         )
-    if counts.shape[0] < 2:
+    if not has_negative:
         raise ValueError(
             f"labels: the batch has no negative pair (every label is {labels[0].item()}); the "
             "adaptive-margin loss needs at least two identities: use an identity-balanced sampler"
@@ -158,7 +159,7 @@ def _register(forward_op) -> None:
 
     @torch.library.register_fake(forward_op)
     def _(x, labels, mu, gamma, reduction, compute_grad):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(x.dtype)
         grad_shape = x.shape if compute_grad else (0, x.shape[1])
         return x.new_empty((), dtype=acc), x.new_empty(4, dtype=acc), x.new_empty(grad_shape)
 
@@ -173,6 +174,7 @@ def _register(forward_op) -> None:
     def backward(ctx, grad_loss, _grad_margins, _grad_grad_x):
         if grad_loss is None:
             return None, None, None, None, None, None
+        refuse_double_backward("adaptive_margin_loss")
         if not ctx.compute_grad:
             raise RuntimeError(
                 "adaptive_margin_loss: the forward ran with compute_grad=False, so it kept no "
@@ -189,28 +191,17 @@ def _register(forward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-_FORWARD_OPS = {}
-
-
-def _implemented() -> tuple[str, ...]:
-    """Backends with an adaptive_margin kernel in this build."""
-    return ("reference",) + tuple(name for name in BACKENDS if name in _FORWARD_OPS)
-
+_KERNELS = OpBackends("adaptive_margin_loss", triton_name="adaptive_margin")
 
 if _extension.LOAD_ERROR is None:
     _register(torch.ops.reidfast.adaptive_margin_forward.default)
-    _FORWARD_OPS["cpu"] = torch.ops.reidfast.adaptive_margin_forward.default
+    _KERNELS.add("cpu", torch.ops.reidfast.adaptive_margin_forward.default)
     if _extension.has_kernel("adaptive_margin_forward", "CUDA"):
-        _FORWARD_OPS["cuda"] = torch.ops.reidfast.adaptive_margin_forward.default
+        _KERNELS.add("cuda", torch.ops.reidfast.adaptive_margin_forward.default)
 
 if triton_installed():
     from reidfast.kernels import adaptive_margin as _triton_kernels
 
-    @torch.library.triton_op("reidfast::adaptive_margin_forward_triton", mutates_args=())
-    def _adaptive_margin_forward_triton(
-        x: torch.Tensor, labels: torch.Tensor, mu: float, gamma: float, reduction: str, compute_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _triton_kernels.adaptive_margin_forward(x, labels, mu, gamma, reduction, compute_grad)
-
-    _register(_adaptive_margin_forward_triton._opoverload)
-    _FORWARD_OPS["triton"] = _adaptive_margin_forward_triton._opoverload
+    _TRITON_FORWARD = _KERNELS.add_triton("adaptive_margin_forward_triton", _triton_kernels.adaptive_margin_forward)
+    _register(_TRITON_FORWARD)
+    _KERNELS.add("triton", _TRITON_FORWARD)

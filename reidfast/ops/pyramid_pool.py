@@ -30,11 +30,17 @@ from collections.abc import Sequence
 import torch
 
 from reidfast import _extension
-from reidfast.ops._checks import check_int
-from reidfast.backend import resolve_backend, triton_installed
+from reidfast._checks import check_int
+from reidfast.ops._autograd import double_backward_error, refuse_double_backward
+from reidfast.ops.distance import accumulation_dtype
+from reidfast.backend import OpBackends, triton_installed
 
-MODES = ("max", "avg", "max+avg")
+from reidfast.ops.enums import POOL_MODES
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Limits of the fused kernels (reidfast.backend's policy applies beyond).
+_MAX_PLANE = 2**31 - 1
+_MAX_CUDA_STRIPES = 64
+_MAX_CUDA_WINDOWS = 512
 
 
 def pyramid_windows(num_parts: int, levels: Sequence[int] | None = None) -> list[tuple[int, int]]:
@@ -89,14 +95,27 @@ def pyramid_pool(
     starts, lengths = _check_args(x, num_parts, windows, mode)
     if torch.compiler.is_exporting():
         return pyramid_pool_from_stripes(x, num_parts, list(zip(starts, lengths)), mode)
-    name = resolve_backend(backend, x.device)
+    name = _KERNELS.choose(backend, x, lambda name: _limit(name, x, num_parts, len(starts)))
     if name == "reference":
         return pyramid_pool_reference(x, num_parts, list(zip(starts, lengths)), mode)
-    if x.dtype == torch.float64 and name != "cpu":
-        raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
     return_argmax = "max" in mode and torch.is_grad_enabled() and x.requires_grad
-    out, _ = _FORWARD_OPS[name](x, num_parts, starts, lengths, mode, return_argmax)
+    out, _ = _KERNELS.kernels[name](x, num_parts, starts, lengths, mode, return_argmax)
     return out
+
+
+def _limit(name: str, x: torch.Tensor, num_parts: int, num_windows: int) -> str | None:
+    """Why fused backend `name` cannot pool x into num_parts stripes and num_windows windows
+    (reidfast.backend's limit policy)."""
+    plane = x.shape[2] * x.shape[3]
+    if plane > _MAX_PLANE:
+        # The window maxima's positions h * W + w are int32 (the argmax of the backward).
+        return f"H * W must be at most {_MAX_PLANE} (int32 positions), got {x.shape[2]} * {x.shape[3]} = {plane}"
+    if name == "cuda" and num_parts > _MAX_CUDA_STRIPES:
+        # The CUDA kernel keeps a block's stripe partials in shared memory.
+        return f"num_parts must be at most {_MAX_CUDA_STRIPES} on the CUDA kernel, got {num_parts}"
+    if name == "cuda" and num_windows > _MAX_CUDA_WINDOWS:
+        return f"windows must number at most {_MAX_CUDA_WINDOWS} on the CUDA kernel, got {num_windows}"
+    return None
 
 
 def pyramid_pool_reference(
@@ -120,7 +139,7 @@ def reference_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference pooled values [B, NW, C] and window argmax [B, NW, C] (int32, h * W + w)."""
     _, _, height, width = x.shape
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulation_dtype(x.dtype)
     pooled, argmax = [], []
     for start, length in zip(starts, lengths):
         row_begin = _stripe_begin(start, height, num_parts)
@@ -152,7 +171,7 @@ def pyramid_pool_from_stripes(
     """
     starts, lengths = _check_args(x, num_parts, windows, mode)
     height, width = x.shape[2], x.shape[3]
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulation_dtype(x.dtype)
     bounds = [_stripe_begin(s, height, num_parts) for s in range(num_parts + 1)]
     stripes = [x[:, :, bounds[s] : bounds[s + 1], :] for s in range(num_parts)]  # n x [B, C, rows, W]
     stripe_max = [stripe.amax(dim=(2, 3)) for stripe in stripes] if "max" in mode else []
@@ -189,8 +208,8 @@ def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
     height = x.shape[2]
     if num_parts > height:
         raise ValueError(f"num_parts must be at most H={height} (one row per stripe), got {num_parts}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in POOL_MODES:
+        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
     if windows is None:
         windows = pyramid_windows(num_parts)
     if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence) or len(windows) == 0:
@@ -254,6 +273,7 @@ def _register(forward_op, backward_op) -> None:
             )
         if grad_out is None:
             return None, None, None, None, None, None
+        refuse_double_backward("pyramid_pool")
         (argmax,) = ctx.saved_tensors
         num_parts, starts, lengths, mode, height, width, channels_last = ctx.geometry
         grad_x = backward_op(grad_out, argmax, num_parts, starts, lengths, mode, height, width, channels_last)
@@ -261,47 +281,23 @@ def _register(forward_op, backward_op) -> None:
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
-    def refuse_double_backward(ctx, *grads):
-        raise RuntimeError("pyramid_pool: double backward is not supported")
+    def differentiate_backward(ctx, *grads):
+        raise double_backward_error("pyramid_pool")
 
-    torch.library.register_autograd(backward_op, refuse_double_backward)
+    torch.library.register_autograd(backward_op, differentiate_backward)
 
 
-_FORWARD_OPS = {}
+_KERNELS = OpBackends("pyramid_pool")
 
 if _extension.LOAD_ERROR is None:
     _register(torch.ops.reidfast.pyramid_pool_forward.default, torch.ops.reidfast.pyramid_pool_backward.default)
-    _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.reidfast.pyramid_pool_forward.default
+    _KERNELS.add("cpu", torch.ops.reidfast.pyramid_pool_forward.default)
+    if _extension.has_kernel("pyramid_pool_forward", "CUDA"):
+        _KERNELS.add("cuda", torch.ops.reidfast.pyramid_pool_forward.default)
 
 if triton_installed():
     from reidfast.kernels import pyramid_pool as _triton_kernels
 
-    @torch.library.triton_op("reidfast::pyramid_pool_forward_triton", mutates_args=())
-    def _pyramid_pool_forward_triton(
-        x: torch.Tensor,
-        num_parts: int,
-        window_starts: list[int],
-        window_lengths: list[int],
-        mode: str,
-        return_argmax: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return _triton_kernels.pyramid_pool_forward(x, num_parts, window_starts, window_lengths, mode, return_argmax)
-
-    @torch.library.triton_op("reidfast::pyramid_pool_backward_triton", mutates_args=())
-    def _pyramid_pool_backward_triton(
-        grad_out: torch.Tensor,
-        argmax: torch.Tensor,
-        num_parts: int,
-        window_starts: list[int],
-        window_lengths: list[int],
-        mode: str,
-        height: int,
-        width: int,
-        channels_last: bool,
-    ) -> torch.Tensor:
-        return _triton_kernels.pyramid_pool_backward(
-            grad_out, argmax, num_parts, window_starts, window_lengths, mode, height, width, channels_last
-        )
-
-    _register(_pyramid_pool_forward_triton._opoverload, _pyramid_pool_backward_triton._opoverload)
-    _FORWARD_OPS["triton"] = _pyramid_pool_forward_triton._opoverload
+    _TRITON_FORWARD = _KERNELS.add_triton("pyramid_pool_forward_triton", _triton_kernels.pyramid_pool_forward)
+    _register(_TRITON_FORWARD, _KERNELS.add_triton("pyramid_pool_backward_triton", _triton_kernels.pyramid_pool_backward))
+    _KERNELS.add("triton", _TRITON_FORWARD)

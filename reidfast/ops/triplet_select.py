@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import _extension
-from reidfast.backend import BACKENDS, resolve_backend, triton_installed
-from reidfast.ops._checks import check_float, check_float_dtype, check_int, check_labels, check_tensor
+from reidfast.backend import OpBackends, triton_installed
+from reidfast._checks import check_float, check_float_dtype, check_int, check_labels, check_same_as, check_tensor
+from reidfast.ops._autograd import double_backward_error, refuse_double_backward
+from reidfast.ops.distance import DISTANCE_EPS, accumulation_dtype, distance_matrix
 
-# The largest k and p of the GPU kernels; beyond, the GPU backends run the reference selection,
-# which materialises the N x M distance matrix. The CPU kernel has no bound.
+# The largest k and p of the GPU kernels (reidfast.backend's limit policy applies beyond); the CPU
+# kernel has no bound.
 MAX_GPU_RANK = 32
-# Smallest squared distance; its square root, 1e-6, is the smallest distance.
-DISTANCE_EPS = 1e-12
+# The most anchors and reference rows of the GPU kernels' 32-bit tile indices.
+_GPU_MAX_ROWS = {"cuda": 2**31 - 128, "triton": 2**31 - 1025}
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -55,49 +57,6 @@ class TripletSelection(NamedTuple):
     neg_dist: torch.Tensor
     pos_index: torch.Tensor
     neg_index: torch.Tensor
-
-
-def pairwise_distance(
-    x: torch.Tensor, y: torch.Tensor | None = None, squared: bool = False, backend: str | None = None
-) -> torch.Tensor:
-    """Euclidean distances between the rows of x and of y, in GEMM form.
-
-    Args:
-        x (Tensor[N, D]), y (Tensor[M, D] or None, meaning x): float32, float16, bfloat16 or
-            float64, on one device.
-        squared: return the clamped squared distance instead of its square root.
-        backend: checked like every op's (see reidfast.backend); every backend computes this with
-            the device's matrix multiply, which is already the fused form.
-
-    Returns:
-        Tensor[N, M] in x's dtype: sqrt(clamp(|x_i|^2 + |y_j|^2 - 2 x_i.y_j, min=1e-12)), computed
-        in float32 (float64 for float64 input). Unlike torch.cdist it exports to ONNX.
-    """
-    check_tensor("x", x, 2, "[N, D]")
-    check_float_dtype("x", x)
-    if y is not None:
-        check_tensor("y", y, 2, "[M, D]")
-        check_float_dtype("y", y)
-        _check_same(x, y, "x", "y")
-    resolve_backend(backend, x.device)
-    return _distance_matrix(x, x if y is None else y, squared).to(x.dtype)
-
-
-def _distance_matrix(
-    x: torch.Tensor, y: torch.Tensor, squared: bool, y_squared_norms: torch.Tensor | None = None
-) -> torch.Tensor:
-    """[N, M] distances in the accumulation dtype (float32, float64 for float64).
-
-    y_squared_norms (Tensor[M] or None): |y_j|^2 as `y.pow(2).sum(1)` in the accumulation dtype
-    gives it, when the caller already has it (one gallery against many query chunks).
-    """
-    acc = _accumulation_dtype(x.dtype)
-    x, y = x.to(acc), y.to(acc)
-    if y_squared_norms is None:
-        y_squared_norms = y.pow(2).sum(1)
-    squares = x.pow(2).sum(1)[:, None] + y_squared_norms[None, :] - 2.0 * (x @ y.t())
-    squares = squares.clamp(min=DISTANCE_EPS)
-    return squares if squared else squares.sqrt()
 
 
 def triplet_select(
@@ -120,8 +79,10 @@ def triplet_select(
         squared: select on squared distances (and return them).
         ref (Tensor[M, D]), ref_labels (Tensor[M]): select against this set (a memory bank)
             instead of x itself; both or neither, same dtype and device as x and labels.
-        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend). On
-            the GPU backends k and p above MAX_GPU_RANK (32) run the reference selection.
+        backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend). The
+            GPU backends take k and p up to MAX_GPU_RANK (32); above, a requested GPU backend
+            raises and an automatic choice runs the reference selection, which materialises the
+            N x M distance matrix.
 
     Returns:
         TripletSelection(pos_dist, neg_dist, pos_index, neg_index), each [N]; differentiable with
@@ -139,15 +100,23 @@ def triplet_select(
     labels, ref_labels = labels.long(), ref_labels.long()
     if not torch.compiler.is_compiling():
         _check_label_structure(labels, ref_labels, self_reference)
-    name = resolve_backend(backend, x.device, "triplet_select", _implemented())
+    name = _KERNELS.choose(backend, x, lambda name: _limit(name, x.shape[0], ref.shape[0], k, p))
     if name == "reference":
         return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
-    if x.dtype == torch.float64 and name != "cpu":
-        raise TypeError(f"x: float64 runs on the 'reference' and 'cpu' backends only, not {name!r}")
+    return TripletSelection(*_KERNELS.kernels[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
+
+
+def _limit(name: str, n: int, m: int, k: int, p: int) -> str | None:
+    """Why backend `name` cannot select ranks k and p among n anchors and m reference rows (see
+    reidfast.backend's limit policy)."""
     if name in ("cuda", "triton") and max(k, p) > MAX_GPU_RANK:
         # The GPU kernels keep the running selections in registers, which bounds k and p.
-        return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
-    return TripletSelection(*_FORWARD_OPS[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
+        return f"k and p must be at most {MAX_GPU_RANK} on the GPU kernels, got k={k}, p={p}"
+    rows = _GPU_MAX_ROWS.get(name)
+    if rows is not None and max(n, m) > rows:
+        # Row and column indices of a tile are int32 there (offsets are int64).
+        return f"N and M must be at most {rows} on the {name} kernel, got N={n}, M={m}"
+    return None
 
 
 def triplet_select_reference(
@@ -167,7 +136,7 @@ def triplet_select_reference(
 
 
 def _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared) -> TripletSelection:
-    dist = _distance_matrix(x, ref, squared)  # [N, M]
+    dist = distance_matrix(x, ref, squared)  # [N, M]
     same = labels[:, None] == ref_labels[None, :]  # [N, M] positives
     if self_reference:  # the anchor is its own positive at distance exactly 0
         is_self = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
@@ -238,7 +207,7 @@ def triplet_loss(
 
 def _triplet_loss_from(selection: TripletSelection, margin: float, soft: bool, reduction: str):
     """The loss of `triplet_loss` from a selection (float32 or float64)."""
-    acc = _accumulation_dtype(selection.pos_dist.dtype)
+    acc = accumulation_dtype(selection.pos_dist.dtype)
     z = margin + selection.pos_dist.to(acc) - selection.neg_dist.to(acc)  # [N]
     losses = F.softplus(z) if soft else F.relu(z)
     if reduction == "mean":
@@ -246,21 +215,6 @@ def _triplet_loss_from(selection: TripletSelection, margin: float, soft: bool, r
     if reduction == "sum":
         return losses.sum()
     return losses
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_same(a, b, name_a, name_b) -> None:
-    if a.dtype != b.dtype:
-        raise TypeError(f"{name_b} must have {name_a}'s dtype {a.dtype}, got {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"{name_b} must be on {name_a}'s device {a.device}, got {b.device}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name_b} must have {name_a}'s embedding size D={a.shape[1]}, got shape {tuple(b.shape)}"
-        )
 
 
 def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
@@ -277,7 +231,7 @@ def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
     if ref is None:
         return True
     check_tensor("ref", ref, 2, "[M, D]")
-    _check_same(x, ref, "x", "ref")
+    check_same_as("ref", ref, "x", x)
     check_labels("ref_labels", ref_labels, ref.shape[0], "M", x.device)
     return False
 
@@ -285,52 +239,30 @@ def _check_select_args(x, labels, k, p, ref, ref_labels) -> bool:
 def _check_label_structure(labels: torch.Tensor, ref_labels: torch.Tensor, self_reference: bool) -> None:
     """Every anchor has a negative in the reference set, and, against a memory bank, a positive.
 
-    Counts by binary search in the sorted reference labels: O((N + M) log M), no N x M mask.
+    Against the batch itself an anchor lacks a negative only when every label is the same: one
+    aminmax and one read on the host. Against a bank, counts by binary search in the sorted bank
+    labels: O((N + M) log M), no N x M mask.
     """
+    if self_reference:
+        lowest, highest = torch.aminmax(labels)
+        if bool(lowest == highest):
+            _raise_no_negative(lowest.item(), "the batch")
+        return
     sorted_ref = ref_labels.sort().values
     same = torch.searchsorted(sorted_ref, labels, right=True) - torch.searchsorted(sorted_ref, labels)
     no_negative = same == ref_labels.shape[0]
     if bool(no_negative.any()):
-        label = labels[no_negative.nonzero()[0, 0]].item()
-        where = "the batch" if self_reference else "ref"
-        raise ValueError(
-            f"labels: an anchor with label {label} has no negative in {where} (every label there is "
-            f"{label}); a triplet needs at least two identities: use an identity-balanced sampler"
-        )
-    if not self_reference and bool((same == 0).any()):
+        _raise_no_negative(labels[no_negative.nonzero()[0, 0]].item(), "ref")
+    if bool((same == 0).any()):
         label = labels[(same == 0).nonzero()[0, 0]].item()
         raise ValueError(f"labels: an anchor with label {label} has no positive in ref_labels")
 
 
-def _select_backward_composite(
-    grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared
-):
-    """triplet_select_backward in torch operations: the op's CUDA kernel (the work is O(N * D)
-    and memory-bound, which these few operations already are on a GPU).
-
-    For a pair (i, j) with distance d and incoming gradient g: with s = |x_i|^2 + |r_j|^2 -
-    2 x_i.r_j, ds/dx_i = 2 (x_i - r_j) and ds/dr_j = 2 (r_j - x_i); dd/ds = 1 / (2 d), or 1 when
-    squared; 0 where s was clamped, for the anchor's own pair (distance exactly 0) and for
-    anchors without such a pair (index -1). The partners' terms are scattered with index_add_,
-    which uses atomics on CUDA (deterministic only under torch.use_deterministic_algorithms).
-    """
-    acc = _accumulation_dtype(x.dtype)
-    xs, rs = x.to(acc), ref.to(acc)
-    grad_x = torch.zeros_like(xs)
-    grad_partner = torch.zeros_like(rs)
-    for grad, dist, index in ((grad_pos, pos_dist, pos_index), (grad_neg, neg_dist, neg_index)):
-        dist = dist.to(acc)
-        square = dist if squared else dist * dist
-        live = (index >= 0) & (square > DISTANCE_EPS)
-        coefficient = 2.0 * grad.to(acc) if squared else grad.to(acc) / dist
-        coefficient = torch.where(live, coefficient, torch.zeros_like(coefficient))  # [N]
-        partner = index.clamp(min=0)
-        difference = coefficient[:, None] * (xs - rs.index_select(0, partner))  # [N, D]
-        grad_x = grad_x + difference
-        grad_partner = grad_partner.index_add(0, partner, -difference)
-    if self_reference:
-        return (grad_x + grad_partner).to(x.dtype), x.new_empty(0, x.shape[1])
-    return grad_x.to(x.dtype), grad_partner.to(ref.dtype)
+def _raise_no_negative(label: int, where: str) -> None:
+    raise ValueError(
+        f"labels: an anchor with label {label} has no negative in {where} (every label there is "
+        f"{label}); a triplet needs at least two identities: use an identity-balanced sampler"
+    )
 
 
 def _register_forward(forward_op) -> None:
@@ -347,19 +279,24 @@ def _register_forward(forward_op) -> None:
         ctx.mark_non_differentiable(pos_index, neg_index)
         ctx.set_materialize_grads(False)
         ctx.self_reference, ctx.squared = self_reference, squared
+        # A frozen memory bank gets no [M, D] gradient: the backward op neither allocates nor
+        # computes it.
+        ctx.ref_grad = not self_reference and ctx.needs_input_grad[2]
         ctx.save_for_backward(x, ref, pos_dist, neg_dist, pos_index, neg_index)
 
     def backward(ctx, grad_pos, grad_neg, _grad_pos_index, _grad_neg_index):
         if grad_pos is None and grad_neg is None:
             return None, None, None, None, None, None, None, None
+        refuse_double_backward("triplet_select")
         x, ref, pos_dist, neg_dist, pos_index, neg_index = ctx.saved_tensors
         grad_pos = torch.zeros_like(pos_dist) if grad_pos is None else grad_pos
         grad_neg = torch.zeros_like(neg_dist) if grad_neg is None else grad_neg
         grad_x, grad_ref = _BACKWARD_OP(
-            grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.self_reference, ctx.squared
+            grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, ctx.self_reference, ctx.squared,
+            ctx.ref_grad,
         )
         # Against itself, ref is x: the partners' terms are already in grad_x.
-        return grad_x, None, None if ctx.self_reference else grad_ref, None, None, None, None, None
+        return grad_x, None, grad_ref if ctx.ref_grad else None, None, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
@@ -368,49 +305,31 @@ def _register_backward(backward_op) -> None:
     """Fake kernel of the backward op; it has no gradient of its own."""
 
     @torch.library.register_fake(backward_op)
-    def _(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared):
-        return torch.empty_like(x), ref.new_empty(0 if self_reference else ref.shape[0], ref.shape[1])
+    def _(grad_pos, grad_neg, x, ref, pos_dist, neg_dist, pos_index, neg_index, self_reference, squared, ref_grad):
+        bank_rows = ref.shape[0] if ref_grad and not self_reference else 0
+        return torch.empty_like(x), ref.new_empty(bank_rows, ref.shape[1])
 
-    def refuse_double_backward(ctx, *grads):
-        raise RuntimeError("triplet_select: double backward is not supported")
+    def differentiate_backward(ctx, *grads):
+        raise double_backward_error("triplet_select")
 
-    torch.library.register_autograd(backward_op, refuse_double_backward)
-
-
-_FORWARD_OPS = {}
+    torch.library.register_autograd(backward_op, differentiate_backward)
 
 
-def _implemented() -> tuple[str, ...]:
-    """Backends with a triplet_select kernel in this build."""
-    return ("reference",) + tuple(name for name in BACKENDS if name in _FORWARD_OPS)
-
+_KERNELS = OpBackends("triplet_select")
 
 if _extension.LOAD_ERROR is None:
     _BACKWARD_OP = torch.ops.reidfast.triplet_select_backward.default
     _register_backward(_BACKWARD_OP)
     _register_forward(torch.ops.reidfast.triplet_select_forward.default)
-    torch.library.impl("reidfast::triplet_select_backward", "CUDA")(_select_backward_composite)
-    _FORWARD_OPS["cpu"] = torch.ops.reidfast.triplet_select_forward.default
+    _KERNELS.add("cpu", torch.ops.reidfast.triplet_select_forward.default)
     if _extension.has_kernel("triplet_select_forward", "CUDA"):
-        _FORWARD_OPS["cuda"] = torch.ops.reidfast.triplet_select_forward.default
+        _KERNELS.add("cuda", torch.ops.reidfast.triplet_select_forward.default)
 
 if triton_installed() and _extension.LOAD_ERROR is None:
     # The Triton forward shares the backward op (its CPU kernel serves the interpreter's CPU
-    # tensors, the composite its CUDA tensors).
+    # tensors, its CUDA kernel the GPU's).
     from reidfast.kernels import triplet_select as _triton_kernels
 
-    @torch.library.triton_op("reidfast::triplet_select_forward_triton", mutates_args=())
-    def _triplet_select_forward_triton(
-        x: torch.Tensor,
-        labels: torch.Tensor,
-        ref: torch.Tensor,
-        ref_labels: torch.Tensor,
-        self_reference: bool,
-        k: int,
-        p: int,
-        squared: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _triton_kernels.triplet_select_forward(x, labels, ref, ref_labels, self_reference, k, p, squared)
-
-    _register_forward(_triplet_select_forward_triton._opoverload)
-    _FORWARD_OPS["triton"] = _triplet_select_forward_triton._opoverload
+    _TRITON_FORWARD = _KERNELS.add_triton("triplet_select_forward_triton", _triton_kernels.triplet_select_forward)
+    _register_forward(_TRITON_FORWARD)
+    _KERNELS.add("triton", _TRITON_FORWARD)
