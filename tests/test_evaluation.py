@@ -1,15 +1,23 @@
 """evaluate_rank and evaluate: hand-worked cases, a per-query stable-argsort implementation on
 fresh random inputs (ties, skipped queries, junk cameras, max_rank beyond the gallery, both AP
-definitions, every dtype, numpy and torch inputs, any chunking), features against distances, the
-GPU against the CPU, and each error."""
+definitions, every dtype, numpy and torch inputs, any chunking) on every backend, the C++ kernel of
+the ranking op against its plain-PyTorch reference (ties, signed zeros, infinities, degenerate
+rows), features against distances, the GPU against the CPU, and each error."""
 
 import numpy as np
 import pytest
 import torch
 
+import reidfast
 from reidfast.evaluation import evaluate, evaluate_rank, evaluate_rank_reference
-from reidfast.evaluation.rank import _GalleryDistances
+from reidfast.evaluation.rank import _GalleryDistances, match_ranks_reference
 from reidfast.ops import pairwise_distance
+
+# Backends of evaluate_rank on CPU tensors: the C++ kernel where the extension is built, and the
+# plain-PyTorch counting (the GPU path) always.
+CPU_BACKENDS = [name for name in ("cpu", "reference") if reidfast.available_backends()[name].available]
+needs_kernel = pytest.mark.skipif(not reidfast.available_backends()["cpu"].available,
+                                  reason="the extension is not built")
 
 
 def argsort_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap):
@@ -120,9 +128,10 @@ def random_case(generator, num_q, num_g, identities, cameras, values):
     return distmat, q_pids, g_pids, q_camids, g_camids
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("values", ["continuous", "ties", "infinite"])
 @pytest.mark.parametrize("ap", ["plain", "trapezoid"])
-def test_against_argsort_on_random_inputs(values, ap):
+def test_against_argsort_on_random_inputs(values, ap, backend):
     generator = np.random.default_rng([["continuous", "ties", "infinite"].index(values), ap == "trapezoid"])
     for _ in range(25):
         num_q, num_g = int(generator.integers(1, 40)), int(generator.integers(1, 120))
@@ -133,7 +142,7 @@ def test_against_argsort_on_random_inputs(values, ap):
         if np.isnan(expected[1]).all():
             continue
         chunk_size = [None, 1, int(generator.integers(1, num_q + 1))][int(generator.integers(0, 3))]
-        result = evaluate_rank(*case, max_rank=max_rank, ap=ap, chunk_size=chunk_size)
+        result = evaluate_rank(*case, max_rank=max_rank, ap=ap, chunk_size=chunk_size, backend=backend)
         assert_same_evaluation(result, expected)
 
 
@@ -146,14 +155,15 @@ def test_reference_against_argsort(values, ap):
     assert_same_evaluation(evaluate_rank_reference(*case, max_rank=100, ap=ap), argsort_evaluate(*case, 100, ap))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_dtypes_compare_in_their_own_precision(dtype):
+def test_dtypes_compare_in_their_own_precision(dtype, backend):
     """Distances that differ in float32 but round to ties in float16 / bfloat16 rank as ties."""
     generator = np.random.default_rng(1)
     distmat, *labels = random_case(generator, 30, 200, 8, 3, "continuous")
     distmat = torch.from_numpy(distmat).to(dtype)
     expected = argsort_evaluate(distmat, *labels, 20, "plain")  # on the float32 image of the dtype
-    assert_same_evaluation(evaluate_rank(distmat, *labels, max_rank=20, chunk_size=7), expected)
+    assert_same_evaluation(evaluate_rank(distmat, *labels, max_rank=20, chunk_size=7, backend=backend), expected)
 
 
 def test_numpy_and_torch_inputs_agree():
@@ -165,9 +175,10 @@ def test_numpy_and_torch_inputs_agree():
     np.testing.assert_array_equal(from_numpy.cmc, from_torch.cmc)
 
 
-def test_realistic_structure_against_argsort():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_realistic_structure_against_argsort(backend):
     """Market-like labels (one gallery image in five a distractor, 6 cameras) and informative
-    distances, with a budget small enough to force many chunks; also a non-contiguous distmat."""
+    distances, with a budget small enough to force many chunks of a non-contiguous distmat."""
     generator = torch.Generator().manual_seed(3)
     num_q, num_g, identities = 300, 2500, 120
     centres = torch.randn(identities + num_g // 5, 32, generator=generator)
@@ -181,19 +192,98 @@ def test_realistic_structure_against_argsort():
     distmat = pairwise_distance(queries, gallery)
     labels = [x.numpy() for x in (q_pids, g_pids, q_camids, g_camids)]
     expected = argsort_evaluate(distmat.numpy(), *labels, 50, "plain")
-    assert_same_evaluation(evaluate_rank(distmat, *labels, memory_budget=2**20), expected)
+    assert_same_evaluation(evaluate_rank(distmat, *labels, backend=backend), expected)
     transposed = pairwise_distance(gallery, queries).t()  # [Q, G], column-major
     assert not transposed.is_contiguous()
-    assert_same_evaluation(evaluate_rank(transposed, *labels, chunk_size=64), argsort_evaluate(
-        transposed.numpy(), *labels, 50, "plain"))
+    expected = argsort_evaluate(transposed.numpy(), *labels, 50, "plain")
+    assert_same_evaluation(evaluate_rank(transposed, *labels, memory_budget=2**20, backend=backend), expected)
+    assert_same_evaluation(evaluate_rank(transposed, *labels, chunk_size=64, backend=backend), expected)
 
 
-def test_first_and_last_ranks_are_exact_where_most_entries_are_candidates():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_first_and_last_ranks_are_exact_where_most_entries_lie_before_the_last_match(backend):
     """Uninformative distances: nearly every entry lies before the last match."""
     generator = np.random.default_rng(4)
     distmat, *labels = random_case(generator, 40, 3000, 30, 6, "continuous")
     expected = argsort_evaluate(distmat, *labels, 50, "plain")
-    assert_same_evaluation(evaluate_rank(distmat, *labels, chunk_size=16), expected)
+    assert_same_evaluation(evaluate_rank(distmat, *labels, chunk_size=16, backend=backend), expected)
+
+
+def random_lists(generator, num_rows, num_g, values):
+    """A [B, G] distance block and same-identity lists for it (offsets starting past 0, as a chunk
+    of a longer query list has them): per row up to 40 entries, matches and junk, ascending.
+    values: "continuous"; "ties" (a few levels, -0.0 and 0.0 among them); "awkward" (infinities,
+    huge and tiny magnitudes, every match at one distance in some rows)."""
+    if values == "ties":
+        levels = np.array([-1.0, -0.0, 0.0, 0.5, 2.0], np.float32)
+        dist = levels[generator.integers(0, len(levels), (num_rows, num_g))]
+    else:
+        dist = generator.normal(size=(num_rows, num_g)).astype(np.float32)
+    cols, is_match, sizes = [np.array([3, 7])], [np.array([True, False])], []  # a preceding row's
+    for row in range(num_rows):
+        size = int(generator.integers(0, min(num_g, 40) + 1))
+        row_cols = np.sort(generator.choice(num_g, size, replace=False))
+        row_match = generator.random(size) < 0.7
+        if values == "awkward":
+            kind = row % 4
+            if kind == 0:  # every match at one distance: a single distinct match distance
+                dist[row, row_cols] = dist[row, row_cols[0]] if size else 0
+            elif kind == 1:  # infinite distances, matches among them
+                dist[row, generator.random(num_g) < 0.3] = np.inf
+                dist[row, generator.random(num_g) < 0.1] = -np.inf
+            elif kind == 2:  # finite magnitudes whose differences overflow float32
+                dist[row] = np.clip(dist[row], -3, 3) * np.float32(1e38)
+            else:  # tiny magnitudes
+                dist[row] *= np.float32(1e-40)
+        cols.append(row_cols)
+        is_match.append(row_match)
+        sizes.append(size)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]) + 2
+    return (torch.from_numpy(dist), torch.from_numpy(offsets).long(), torch.from_numpy(np.concatenate(cols)).long(),
+            torch.from_numpy(np.concatenate(is_match)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("values", ["continuous", "ties", "awkward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_match_ranks_kernel_equals_reference(values, dtype):
+    """The op's C++ kernel against its plain-PyTorch reference, exactly, on fresh random lists."""
+    generator = np.random.default_rng([["continuous", "ties", "awkward"].index(values), dtype == torch.float64])
+    for _ in range(10):
+        num_rows, num_g = int(generator.integers(1, 30)), int(generator.integers(1, 700))
+        dist, offsets, cols, is_match = random_lists(generator, num_rows, num_g, values)
+        dist = dist.to(dtype)
+        sizes = torch.diff(offsets)
+        rows = torch.repeat_interleave(torch.arange(num_rows), sizes)
+        k_max = int(torch.bincount(rows[is_match[2:]], minlength=num_rows).max()) + 2  # slack columns
+        kernel = torch.ops.reidfast.evaluate_rank_match_ranks(dist, offsets, cols, is_match, k_max)
+        reference = match_ranks_reference(dist, offsets, cols, is_match, k_max)
+        torch.testing.assert_close(kernel, reference, rtol=0, atol=0)
+
+
+@needs_kernel
+def test_match_ranks_opcheck():
+    generator = np.random.default_rng(11)
+    dist, offsets, cols, is_match = random_lists(generator, 6, 50, "ties")
+    torch.library.opcheck(torch.ops.reidfast.evaluate_rank_match_ranks.default, (dist, offsets, cols, is_match, 40))
+
+
+@needs_kernel
+@pytest.mark.parametrize("change, error, message", [
+    (dict(dist=torch.zeros(2, 5, dtype=torch.float16)), TypeError, "dist must be float32 or float64"),
+    (dict(same_offsets=torch.tensor([0, 2])), ValueError, r"same_offsets must have shape \[B \+ 1\] = \[3\]"),
+    (dict(same_offsets=torch.tensor([0, 2, 1])), ValueError, "same_offsets must not decrease"),
+    (dict(same_offsets=torch.tensor([0, 2, 4])), ValueError, r"must lie in \[0, 3\]"),
+    (dict(same_cols=torch.tensor([1, 0, 4])), ValueError, "same_cols must ascend within a row, got 1 then 0"),
+    (dict(same_cols=torch.tensor([1, 2, 5])), ValueError, r"same_cols must be in \[0, 5\), got 5"),
+    (dict(max_matches=1), ValueError, "row 0 has 2 matches, more than max_matches = 1"),
+])
+def test_match_ranks_kernel_errors(change, error, message):
+    arguments = dict(dist=torch.zeros(2, 5), same_offsets=torch.tensor([0, 2, 3]), same_cols=torch.tensor([1, 2, 4]),
+                     same_is_match=torch.tensor([True, True, False]), max_matches=2)
+    arguments.update(change)
+    with pytest.raises(error, match=message):
+        torch.ops.reidfast.evaluate_rank_match_ranks(*arguments.values())
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -225,7 +315,9 @@ def test_gallery_blocks_equal_pairwise_distance(dtype):
     gallery = torch.randn(301, 37, generator=generator, dtype=dtype)
     blocks = _GalleryDistances(gallery, "euclidean", rows=13, memory_budget=2**15)
     assert blocks.block < gallery.shape[0]  # several gallery blocks
-    torch.testing.assert_close(blocks(queries), pairwise_distance(queries, gallery), rtol=0, atol=0)
+    # Block by block: the matrix multiply's rounding may depend on its shape.
+    expected = torch.cat([pairwise_distance(queries, part) for part in gallery.split(blocks.block)], 1)
+    torch.testing.assert_close(blocks(queries), expected, rtol=0, atol=0)
 
 
 @pytest.mark.gpu
@@ -266,11 +358,27 @@ def labels_for(num_q, num_g):
      "distmat: distance of query 1 to gallery entry 1 is NaN"),
     (dict(g_camids=np.zeros(3, np.int64)), ValueError, "q_pids: no query has a true match"),
 ])
-def test_evaluate_rank_errors(change, error, message):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_evaluate_rank_errors(change, error, message, backend):
     arguments = dict(distmat=np.zeros((2, 3), np.float32), **labels_for(2, 3))
     arguments.update(change)
     with pytest.raises(error, match=message):
-        evaluate_rank(**arguments)
+        evaluate_rank(**arguments, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_in_a_match_distance_raises(backend):
+    distmat = np.array([[0.0, 1.0, 2.0], [np.nan, 0.5, 1.0]], np.float32)  # query 1's matches: all
+    with pytest.raises(ValueError, match="distmat: distance of query 1 to gallery entry 0 is NaN"):
+        evaluate_rank(distmat, **labels_for(2, 3), backend=backend)
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        evaluate_rank(np.zeros((2, 3), np.float32), **labels_for(2, 3), backend="fast")
+    if reidfast.available_backends()["triton"].available:
+        with pytest.raises(RuntimeError, match="has no kernel for evaluate_rank"):
+            evaluate_rank(np.zeros((2, 3), np.float32), **labels_for(2, 3), backend="triton")
 
 
 @pytest.mark.parametrize("change, error, message", [

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from reidfast.evaluation.rank import _as_distance_matrix, _as_labels
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 MARGIN = 8
 FRAME = 4

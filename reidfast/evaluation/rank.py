@@ -21,30 +21,34 @@ where P(n) is the precision of the first n valid entries, so P(r_j) = j / r_j an
 (j - 1) / (r_j - 1), with P(0) = 1: the trapezoid rule on the precision-recall curve, each match
 adding 1/k of recall at the mean of the precisions before and at it.
 
-Algorithm. A query's metrics depend only on the ranks r_j, and r_j = j + (number of valid
-non-matches ordered before the j-th match). No gallery row is sorted; for a chunk of B queries:
+Algorithm. A query's metrics depend only on the ranks r_j. With key(g) = (distance, gallery
+index) and the query's matches sorted into keys K_1 < ... < K_k,
+
+    r_j = #{valid g : key(g) <= K_j}.
+
+No gallery row is sorted. For a chunk of B queries:
 
 1. The same-identity gallery entries of each query (matches and junk) come from the gallery sorted
    once by identity: a binary search per query, no [Q, G] identity comparison.
-2. The matches get exact int64 sort keys (row, distance, gallery index) and are sorted: a few per
-   query. A distance is coded by its place among the chunk's distinct match distances, so keys
-   order and tie exactly as the distances do in their own dtype.
-3. One comparison pass keeps the candidates: valid non-matches with distance <= the query's last
-   match. Every other entry is ordered after all of the query's matches and changes no rank.
-4. Counting. Each candidate gets a coarse bucket q(d) = trunc((d - row minimum) * scale), about
-   one bucket per candidate of the row. The arithmetic is monotone and gives equal distances equal
-   buckets, so a candidate in a lower bucket than a match is ordered before it and one in a higher
-   bucket after it: a histogram of the buckets, summed cumulatively, counts them. The few
-   candidates that share a bucket with a match are placed exactly by their sort keys (a binary
-   search among the chunk's match keys), ties going to the lower gallery index.
-5. r_j = j + the non-matches counted before the j-th match: the ranks of a stable argsort.
+2. Every gallery entry's place among its query's match keys, p(g) = #{j : K_j < key(g)}, is counted
+   in a histogram per query; summed cumulatively it gives #{g : key(g) <= K_j}, from which the
+   junk's places are taken back out: r_j, the ranks of a stable argsort.
 
-The work is two passes over the distances (row minimum, comparison) plus a few operations per
-candidate. A model that ranks its matches early leaves few candidates; uninformative distances
-leave nearly every entry a candidate, where the evaluator is still a few times faster than a
-per-query sort. Memory: about 24 bytes per element of a chunk and 80 per candidate of a slice,
-both sized from memory_budget; the distance matrix itself is read in place. Distances are compared
-in their own dtype (float16 ties stay ties); NaN distances raise ValueError.
+The counting is one op, reidfast::evaluate_rank_match_ranks, with two backends:
+
+  cpu        the C++ kernel (csrc/cpu/evaluate_rank.cpp): one pass over each row; an entry's place
+             comes from a coarse bucket of its distance (a table lookup) and exact comparisons with
+             the few matches sharing its bucket. No per-entry memory.
+  reference  plain PyTorch on any device (the GPU path): exact int64 keys (row, distance code,
+             gallery index) for every entry, torch.searchsorted among the sorted match keys and
+             torch.bincount. O(G log M) per query; about 64 bytes of working memory per element.
+
+Neither depends on where the matches rank: a weak model's distances (an early epoch's, when
+training evaluates) cost what a strong model's do. Distances are compared in their own dtype
+(float16 ties stay ties; the kernel converts float16 and bfloat16 to float32, which is exact);
+NaN distances raise ValueError. Memory: the distance matrix is read in place, a chunk of queries
+at a time, each chunk's working memory within memory_budget (the reference's temporaries, or the
+kernel's copy of a chunk it cannot read in place).
 """
 
 from __future__ import annotations
@@ -55,21 +59,26 @@ import warnings
 import numpy as np
 import torch
 
-from reidfast.ops._checks import check_int
-from reidfast.ops.triplet_select import _accumulation_dtype, _distance_matrix
+from reidfast import _extension
+from reidfast._checks import check_int
+from reidfast.backend import OpBackends
+from reidfast.ops.distance import accumulation_dtype, distance_matrix
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AP_DEFINITIONS = ("plain", "trapezoid")
 _METRICS = ("euclidean", "cosine")
 # Working memory per chunk, in bytes, when no chunk_size is given.
 DEFAULT_MEMORY_BUDGET = 48 * 2**20
-# Bytes of working memory per (query, gallery) element of a chunk, at worst (every element a
-# candidate): the candidate mask (1), the candidates' flat indices (8), the bucket histogram (8,
-# about one bucket per candidate) and allocator slack; measured peaks stay within the budget.
-_BYTES_PER_ELEMENT = 24
-# Bytes per candidate of a slice: its row, distance, bucket and the temporaries of the bucket
-# arithmetic and indexing. A chunk's candidates are processed in slices of this size.
-_BYTES_PER_CANDIDATE = 80
+# Bytes of working memory per (query, gallery) element of a chunk on the reference backend: its
+# int64 temporaries (distance codes, keys, places, histogram bins) and allocator slack (at
+# Market-1501 size and the default budget, a measured peak of 31 MiB). The cpu backend's kernel
+# needs none (see _bytes_per_element).
+_REFERENCE_BYTES_PER_ELEMENT = 64
+# Queries per chunk on the kernel, which needs no working memory: enough to spread over the
+# threads and amortise a chunk's small tensor ops (the metrics of k_max ranks per query), few
+# enough that those ops stay under ATen's parallel grain and run inline instead of waking the
+# thread pool, which costs a scheduler time slice per op on a busy machine.
+_KERNEL_CHUNK_ROWS = 512
 # Working memory of `evaluate` by default: chunks of 50+ queries against an MSMT17-size gallery,
 # enough for the matrix multiply to be bound by arithmetic, not by reading the gallery features
 # once per chunk.
@@ -107,6 +116,7 @@ def evaluate_rank(
     ap: str = "plain",
     chunk_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    backend: str | None = None,
 ) -> RankMetrics:
     """CMC, mAP and mINP of a query-gallery distance matrix (see the module docstring).
 
@@ -121,8 +131,9 @@ def evaluate_rank(
         chunk_size: queries evaluated at once; None picks the largest chunk whose working memory
             stays within memory_budget. The rows of distmat are read in place (a non-contiguous
             distmat is copied a chunk at a time).
-        memory_budget: bytes of working memory: sizes the chunk (unless chunk_size is given) and
-            the slices in which its candidates are processed.
+        memory_budget: bytes of working memory: sizes the chunk unless chunk_size is given.
+        backend: "cpu" (the C++ kernel, CPU tensors) or "reference" (plain PyTorch, any device);
+            None: REIDFAST_BACKEND, else the fastest available (reidfast.backend).
 
     Returns:
         RankMetrics.
@@ -135,11 +146,14 @@ def evaluate_rank(
     num_q, num_g = dist.shape
     labels = _Labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, dist.device)
     _check_options(max_rank, ap, chunk_size, memory_budget)
-    rows = chunk_size or _rows_per_chunk(num_g, _BYTES_PER_ELEMENT, memory_budget)
+    name = _KERNELS.choose(backend, dist)
+    per_element = _bytes_per_element(name, dist.dtype, dist.is_contiguous())
+    rows = chunk_size or _rows_per_chunk(num_g, per_element, memory_budget, name)
+    same = _SameIdentity(labels)
     metrics = _Accumulator(num_q, max_rank, ap, dist.device)
     for start in range(0, num_q, rows):
         chunk = dist[start : start + rows]
-        metrics.add(start, *_match_ranks(chunk, labels, start, _slice_size(memory_budget), "distmat"))
+        metrics.add(start, _match_ranks(chunk, same, start, name, "distmat"), same.counts[start : start + rows])
     return metrics.result()
 
 
@@ -155,7 +169,7 @@ def evaluate_rank_reference(
     _check_options(max_rank, ap, None, 1)
     metrics = _Accumulator(num_q, max_rank, ap, dist.device)
     for q in range(num_q):
-        _check_no_nan(dist[q : q + 1].amin(1), dist[q : q + 1], q, "distmat")
+        _check_no_nan(torch.isnan(dist[q : q + 1]).any(1), dist[q : q + 1], q, "distmat")
         order = torch.sort(dist[q], stable=True).indices  # [G]
         same = labels.g_pids[order] == labels.q_pids[q]
         junk = same & (labels.g_camids[order] == labels.q_camids[q])
@@ -176,6 +190,7 @@ def evaluate(
     ap: str = "plain",
     chunk_size: int | None = None,
     memory_budget: int = DEFAULT_FEATURES_MEMORY_BUDGET,
+    backend: str | None = None,
 ) -> RankMetrics:
     """CMC, mAP and mINP from features: distances computed and evaluated chunk by chunk of queries.
 
@@ -194,6 +209,7 @@ def evaluate(
         memory_budget: bytes of working memory, the distance block included (as in
             `evaluate_rank`). The default, 256 MiB, keeps the matrix multiply efficient: each chunk
             reads the whole gallery's features once.
+        backend: of the ranking, as in `evaluate_rank`.
 
     Returns:
         RankMetrics, equal to evaluate_rank on the full distance matrix up to the rounding of the
@@ -221,14 +237,17 @@ def evaluate(
     num_q, num_g = queries.shape[0], gallery.shape[0]
     labels = _Labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, queries.device)
     _check_options(max_rank, ap, chunk_size, memory_budget)
-    per_element = _BYTES_PER_ELEMENT + gallery.element_size()  # the ranking's, and the block
-    rows = chunk_size or _rows_per_chunk(num_g, per_element, memory_budget)
+    name = _KERNELS.choose(backend, queries)
+    # The ranking's memory, and the block's (contiguous, in the features' dtype).
+    per_element = _bytes_per_element(name, queries.dtype, True) + queries.element_size()
+    rows = chunk_size or _rows_per_chunk(num_g, per_element, memory_budget, name)
+    same = _SameIdentity(labels)
     distances = _GalleryDistances(gallery, metric, rows, memory_budget)
     metrics = _Accumulator(num_q, max_rank, ap, queries.device)
     for start in range(0, num_q, rows):
         chunk = distances(queries[start : start + rows])
         source = "query_features and gallery_features"
-        metrics.add(start, *_match_ranks(chunk, labels, start, _slice_size(memory_budget), source))
+        metrics.add(start, _match_ranks(chunk, same, start, name, source), same.counts[start : start + rows])
         del chunk
     return metrics.result()
 
@@ -241,7 +260,7 @@ class _GalleryDistances:
     def __init__(self, gallery: torch.Tensor, metric: str, rows: int, memory_budget: int):
         self.gallery, self.metric = gallery, metric
         self.block = max(1, memory_budget // (4 * 4 * (gallery.shape[1] + 3 * rows)))
-        self.acc = _accumulation_dtype(gallery.dtype)
+        self.acc = accumulation_dtype(gallery.dtype)
         # Per gallery entry, computed once rather than once per query chunk (for MSMT17, 200 passes
         # over 670 MB of features saved): |g|^2 for "euclidean", 1 / |g| for "cosine".
         if metric == "euclidean":
@@ -260,7 +279,7 @@ class _GalleryDistances:
             part = self.gallery[first : first + self.block]
             if self.metric == "euclidean":
                 squared_norms = self.squared_norms[first : first + self.block]
-                out[:, first : first + self.block] = _distance_matrix(queries, part, False, squared_norms)
+                out[:, first : first + self.block] = distance_matrix(queries, part, False, squared_norms)
             else:
                 # 1 - q.g / (|q| |g|): the products first, then the scaling, so that a chunk's rows
                 # equal the full matrix's wherever the matrix multiply's rounding does not depend on
@@ -283,118 +302,97 @@ class _Labels:
         # Gallery indices grouped by identity, ascending within each identity (stable sort).
         self.g_sorted_pids, self.g_order = torch.sort(self.g_pids, stable=True)
 
-    def same_identity(self, start: int, count: int):
-        """Gallery entries sharing each query's identity: (row in the chunk, gallery index, is a
-        match), grouped by row, gallery index ascending within a row."""
-        pids = self.q_pids[start : start + count]
-        first = torch.searchsorted(self.g_sorted_pids, pids)
-        sizes = torch.searchsorted(self.g_sorted_pids, pids, right=True) - first  # [B]
-        ends = torch.cumsum(sizes, 0)
-        total = int(ends[-1]) if count else 0
-        rows = torch.searchsorted(ends, torch.arange(total, device=pids.device), right=True)  # [S]
-        offsets = ends - sizes
-        within = torch.arange(rows.shape[0], device=pids.device) - offsets[rows]
-        cols = self.g_order[first[rows] + within]
-        is_match = self.g_camids[cols] != self.q_camids[start + rows]
-        return rows, cols, is_match
+
+class _SameIdentity:
+    """The gallery entries sharing each query's identity (matches and junk), for all queries at
+    once (a few per query, so that each chunk only slices them): found by binary searches in the
+    gallery grouped by identity, no [Q, G] comparison.
+
+    offsets (Tensor[Q + 1], int64): query q's entries are cols[offsets[q] : offsets[q + 1]],
+        gallery index ascending.
+    cols (Tensor[S], int64), is_match (Tensor[S], bool): each entry's gallery index, and whether it
+        is a match (another camera) rather than junk.
+    counts (Tensor[Q], int64): each query's number of matches; k_max (int): their maximum.
+    """
+
+    def __init__(self, labels: _Labels):
+        pids = labels.q_pids
+        first = torch.searchsorted(labels.g_sorted_pids, pids)
+        sizes = torch.searchsorted(labels.g_sorted_pids, pids, right=True) - first  # [Q]
+        self.offsets = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+        rows = torch.repeat_interleave(torch.arange(pids.shape[0], device=pids.device), sizes)  # [S]
+        within = torch.arange(rows.shape[0], device=pids.device) - self.offsets[rows]
+        self.cols = labels.g_order[first[rows] + within]
+        self.is_match = labels.g_camids[self.cols] != labels.q_camids[rows]
+        self.counts = torch.bincount(rows[self.is_match], minlength=pids.shape[0])
+        self.k_max = int(self.counts.max()) if pids.shape[0] else 0
 
 
-def _match_ranks(dist: torch.Tensor, labels: _Labels, start: int, slice_size: int, source: str):
-    """Ranks of every query's matches in its valid gallery, for the queries of one chunk.
+def _match_ranks(dist: torch.Tensor, same: _SameIdentity, start: int, backend: str, source: str):
+    """Ranks of every match of queries start .. start + B - 1 in its valid gallery, from their
+    distances dist (Tensor[B, G]) on `backend`: Tensor[B, k_max] int64, r_1 < ... < r_k of each
+    row in its first k columns (1 in the others). `source` names the distances in the NaN error."""
+    offsets = same.offsets[start : start + dist.shape[0] + 1]
+    if backend == "reference":
+        ranks, nan_rows = match_ranks_reference(dist, offsets, same.cols, same.is_match, same.k_max)
+    else:
+        exact = dist.float() if dist.dtype in (torch.float16, torch.bfloat16) else dist  # exact: ties kept
+        ranks, nan_rows = _KERNELS.kernels[backend](exact.contiguous(), offsets, same.cols, same.is_match, same.k_max)
+    _check_no_nan(nan_rows, dist, start, source)
+    return ranks
+
+
+def match_ranks_reference(dist: torch.Tensor, same_offsets: torch.Tensor, same_cols: torch.Tensor,
+                          same_is_match: torch.Tensor, max_matches: int):
+    """The specification of the op reidfast::evaluate_rank_match_ranks, in plain PyTorch (any
+    device): r_j = #{valid g : key(g) <= K_j} (module docstring), with every entry's place among
+    its row's match keys found by torch.searchsorted.
 
     Args:
-        dist (Tensor[B, G]): distances of queries start .. start + B - 1.
-        slice_size: candidates processed at once (bounds the per-candidate temporaries).
-        source: what the distances come from, for the NaN error.
+        dist (Tensor[B, G]): distances, any float dtype (compared in it).
+        same_offsets (Tensor[B + 1], int64), same_cols (Tensor[S], int64), same_is_match
+            (Tensor[S], bool): row b's same-identity gallery entries are same_cols[same_offsets[b]
+            : same_offsets[b + 1]] (non-decreasing offsets within [0, S]), gallery index ascending,
+            each a match where same_is_match, else junk.
+        max_matches: at least every row's number of matches.
 
     Returns:
-        ranks (Tensor[B, k_max], int64): r_1 < ... < r_k of each row in its first k columns (1
-            in the others).
-        counts (Tensor[B], int64): k, the number of matches of each query (0: skipped).
+        ranks (Tensor[B, max_matches], int64): the 1-based ranks r_1 < ... < r_k of each row's k
+            matches among its valid entries, then 1.
+        nan_rows (Tensor[B], bool): the row holds a NaN (its ranks are then unspecified).
     """
-    dist = dist.contiguous()
     num_rows, num_g = dist.shape
     device = dist.device
-    low = dist.amin(1) if num_g else dist.new_zeros(num_rows)  # [B]; NaN where a row has NaN
-    _check_no_nan(low, dist, start, source)
-    rows, cols, is_match = labels.same_identity(start, num_rows)
-    match_rows, match_cols = rows[is_match], cols[is_match]
-    counts = torch.bincount(match_rows, minlength=num_rows)  # [B]
-    k_max = int(counts.max()) if num_rows else 0
-    if k_max == 0:
-        return counts.new_ones(num_rows, 0), counts
+    nan_rows = torch.isnan(dist).any(1)
+    ranks = torch.ones(num_rows, max_matches, dtype=torch.int64, device=device)
+    sizes = same_offsets[1:] - same_offsets[:-1]
+    entries = slice(int(same_offsets[0]), int(same_offsets[-1]))  # this chunk's
+    same_cols, same_is_match = same_cols[entries], same_is_match[entries]
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=device), sizes)  # [S]
+    counts = torch.bincount(rows[same_is_match], minlength=num_rows)  # [B] k per row
+    if max_matches == 0 or not bool((counts > 0).any()):
+        return ranks, nan_rows
+    match_rows, match_cols = rows[same_is_match], same_cols[same_is_match]
     match_values = dist[match_rows, match_cols]
     keys = _SortKeys(match_values, num_rows, num_g)
-    # The matches in (row, distance, gallery index) order; slot j - 1 holds a row's j-th match.
-    match_keys, order = torch.sort(keys(match_rows, match_values, match_cols))  # [M]
-    match_rows, match_values = match_rows[order], match_values[order]
-    row_first = torch.cumsum(counts, 0) - counts  # [B] position of each row's first match
-    slot = torch.arange(match_rows.shape[0], device=device) - row_first[match_rows]  # [M]
-    last = match_values[(row_first + counts - 1).clamp(min=0)]  # [B] each row's last match
-    last = torch.where(counts > 0, last, torch.full_like(last, float("-inf")))
+    match_keys = torch.sort(keys(match_rows, match_values, match_cols)).values  # [M], row by row
+    row_first = torch.cumsum(counts, 0) - counts  # [B] each row's first match key
+    slots = max_matches + 1  # places 0 .. max_matches of a row
 
-    # Candidates: valid non-matches at or below the row's last match distance.
-    candidate = dist <= last[:, None]
-    candidate[rows, cols] = False  # the matches themselves and the junk
-    flat = candidate.view(-1).nonzero().squeeze(1)  # [C] flat indices
-    del candidate
+    def bins(entry_rows, values, entry_cols):
+        """row * slots + p(g), with p(g) = #{j : K_j < key(g)} among the row's match keys."""
+        place = torch.searchsorted(match_keys, keys(entry_rows, values, entry_cols))
+        return place.sub_(row_first[entry_rows]).add_(entry_rows * slots)
 
-    # Coarse buckets: q(d) = trunc((d - low) * scale) maps [row minimum, last match] onto
-    # 0 .. n - 1 (n about the mean number of candidates per row). Each step is one correctly
-    # rounded operation, so q is monotone in d and equal for equal distances: a candidate in a
-    # lower bucket than a match is before it, in a higher one after it. Only the candidates that
-    # share a bucket with a match ("ambiguous") need exact keys.
-    n = flat.shape[0] // max(1, int((counts > 0).sum())) + 2
-    low, scale = _bucket_map(low, last, n)
-    match_bucket = _bucket(match_values, match_rows, low, scale, n)  # [M] row * n + q
-    holds_match = torch.zeros(num_rows * n, dtype=torch.bool, device=device)
-    holds_match[match_bucket] = True
-    histogram = torch.zeros(num_rows * n, dtype=torch.int64, device=device)  # unambiguous only
-    ambiguous = []  # (rows, distances, flat indices) of the ambiguous candidates, per slice
-    for piece in flat.split(slice_size):
-        piece_rows = torch.div(piece, num_g, rounding_mode="floor")
-        piece_values = dist.view(-1)[piece]
-        bucket = _bucket(piece_values, piece_rows, low, scale, n)
-        shared = holds_match[bucket]
-        unambiguous = bucket[~shared]
-        histogram.index_add_(0, unambiguous, torch.ones_like(unambiguous))
-        ambiguous.append((piece_rows[shared], piece_values[shared], piece[shared]))
-    del flat
-    at_or_below = histogram.view(num_rows, n).cumsum_(1).view(-1)  # in place: no second copy
-    # [M] unambiguous candidates before each match: those of the buckets below the match's.
-    before = torch.where(match_bucket % n > 0, at_or_below[(match_bucket - 1).clamp(min=0)], 0)
-
-    # Ambiguous candidates: their exact place among the row's matches, from the sort keys.
-    amb_rows, amb_values, amb_flat = (torch.cat(column) for column in zip(*ambiguous))
-    amb_cols = amb_flat - amb_rows * num_g
-    place = torch.searchsorted(match_keys, keys(amb_rows, amb_values, amb_cols)) - row_first[amb_rows]
-    place_counts = torch.bincount(amb_rows * (k_max + 1) + place, minlength=num_rows * (k_max + 1))
-    place_cumulative = place_counts.view(num_rows, k_max + 1).cumsum(1)
-    before += place_cumulative[match_rows, slot]  # ambiguous candidates placed before the match
-
-    ranks = torch.ones(num_rows, k_max, dtype=torch.int64, device=device)
-    ranks[match_rows, slot] = before + slot + 1  # r_j = j + non-matches before the j-th match
-    return ranks, counts
-
-
-def _bucket_map(low: torch.Tensor, last: torch.Tensor, n: int):
-    """Per row, low and scale with (d - low) * scale in [0, n - 1] for low <= d <= last, in
-    float32 (float64 for float64 distances).
-
-    Rows whose range is empty or not finite get scale 0: all their distances share bucket 0.
-    """
-    dtype = torch.float64 if low.dtype == torch.float64 else torch.float32
-    low = low.to(dtype)
-    scale = (n - 1) / (last.to(dtype) - low)
-    usable = torch.isfinite(scale) & (scale > 0)
-    return torch.where(usable, low, torch.zeros_like(low)), torch.where(usable, scale, torch.zeros_like(scale))
-
-
-def _bucket(values: torch.Tensor, rows: torch.Tensor, low: torch.Tensor, scale: torch.Tensor, n: int):
-    """Global bucket index row * n + q of each value (see _match_ranks)."""
-    q = (values.to(low.dtype) - low[rows]) * scale[rows]
-    q = torch.nan_to_num_(q, nan=0.0, posinf=n - 1, neginf=0.0).clamp_(0, n - 1).long()
-    return torch.add(q, rows, alpha=n)
+    every_row = torch.arange(num_rows, device=device)[:, None].expand(num_rows, num_g)  # [B, G]
+    every_col = torch.arange(num_g, device=device)[None].expand(num_rows, num_g)
+    histogram = torch.bincount(bins(every_row, dist.contiguous(), every_col).view(-1), minlength=num_rows * slots)
+    junk = ~same_is_match
+    junk_rows, junk_cols = rows[junk], same_cols[junk]
+    histogram -= torch.bincount(bins(junk_rows, dist[junk_rows, junk_cols], junk_cols), minlength=num_rows * slots)
+    at_or_before = histogram.view(num_rows, slots).cumsum(1)[:, :max_matches]  # [B, max_matches]
+    live = torch.arange(max_matches, device=device) < counts[:, None]
+    return torch.where(live, at_or_before, ranks), nan_rows
 
 
 class _SortKeys:
@@ -465,13 +463,21 @@ class _Accumulator:
         )
 
 
-def _rows_per_chunk(num_g: int, bytes_per_element: int, memory_budget: int) -> int:
-    """Half the budget for the chunk's per-element memory, half for its candidate slices."""
-    return max(1, memory_budget // (2 * bytes_per_element * max(num_g, 1)))
+def _rows_per_chunk(num_g: int, bytes_per_element: int, memory_budget: int, backend: str) -> int:
+    """Rows whose working memory fits the budget, at most _KERNEL_CHUNK_ROWS on the kernel."""
+    rows = max(1, memory_budget // max(bytes_per_element * num_g, 1))
+    return rows if backend == "reference" else min(rows, _KERNEL_CHUNK_ROWS)
 
 
-def _slice_size(memory_budget: int) -> int:
-    return max(1, memory_budget // (2 * _BYTES_PER_CANDIDATE))
+def _bytes_per_element(backend: str, dtype: torch.dtype, contiguous: bool) -> int:
+    """Working memory per element of a chunk of distances: the reference's temporaries, or the
+    copy the kernel needs of a chunk it cannot read in place (none for contiguous float32 or
+    float64; a float32 copy of float16 and bfloat16)."""
+    if backend == "reference":
+        return _REFERENCE_BYTES_PER_ELEMENT
+    if dtype in (torch.float16, torch.bfloat16):
+        return 4
+    return 0 if contiguous else dtype.itemsize
 
 
 def _check_options(max_rank, ap, chunk_size, memory_budget) -> None:
@@ -483,9 +489,9 @@ def _check_options(max_rank, ap, chunk_size, memory_budget) -> None:
     check_int("memory_budget", memory_budget, minimum=1)
 
 
-def _check_no_nan(row_minimum: torch.Tensor, dist: torch.Tensor, start: int, source: str) -> None:
-    """Raises naming the first NaN distance (a row's minimum is NaN where the row holds one)."""
-    rows = torch.isnan(row_minimum).nonzero()
+def _check_no_nan(nan_rows: torch.Tensor, dist: torch.Tensor, start: int, source: str) -> None:
+    """Raises naming the first NaN distance of the rows flagged in nan_rows [B]."""
+    rows = nan_rows.nonzero()
     if rows.shape[0]:
         row = int(rows[0, 0])
         col = int(torch.isnan(dist[row]).nonzero()[0, 0])
@@ -526,3 +532,15 @@ def _as_labels(name: str, value, count: int, count_name: str, device) -> torch.T
     if labels.shape[0] != count:
         raise ValueError(f"{name} must hold {count_name}={count} labels, got {labels.shape[0]}")
     return labels.to(device=device, dtype=torch.int64)
+
+
+_KERNELS = OpBackends("evaluate_rank")
+
+if _extension.LOAD_ERROR is None:
+
+    @torch.library.register_fake("reidfast::evaluate_rank_match_ranks")
+    def _match_ranks_fake(dist, same_offsets, same_cols, same_is_match, max_matches):
+        return (dist.new_empty(dist.shape[0], max_matches, dtype=torch.int64),
+                dist.new_empty(dist.shape[0], dtype=torch.bool))
+
+    _KERNELS.add("cpu", torch.ops.reidfast.evaluate_rank_match_ranks.default)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from reidfast.evaluation.rank import _FLOAT_DTYPES, _as_tensor
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 # Bytes per element of a block of O rows: the gathered distances, their float32 squares, the
