@@ -3,12 +3,13 @@
 import torch
 from torch import nn
 
-from reidfast.ops._checks import check_float
+from reidfast._checks import check_float
 from reidfast.ops.adaptive_margin import REDUCTIONS, AdaptiveMargins, adaptive_margin_loss
 
 
 class AdaptiveMarginLoss(nn.Module):
-    """Adaptive-margin pairwise loss over a batch (papers/adaptive-margin-ranking.txt, Eq. 5-9).
+    """Adaptive-margin pairwise loss over a batch (arXiv:1707.00409, Eq. 5-9; docs/methods.md
+    section 4).
 
     Args:
         mu, gamma: the margins' parameters (> 0); defaults are the paper's best on PRID2011.

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from reidfast.ops._checks import check_float_dtype, check_int, check_labels, check_tensor
+from reidfast._checks import check_float_dtype, check_int, check_labels, check_tensor
 
 
 class CenterLoss(nn.Module):

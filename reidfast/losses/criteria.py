@@ -8,7 +8,7 @@ by name, detached (so that logging them keeps no graph alive and they cannot be 
 mistake). Every triplet term runs on the fused `reidfast.ops.triplet_loss`, the adaptive margin on
 the fused `reidfast.ops.adaptive_margin_loss`; `backend` options are passed to them.
 
-Methods (docs/methods.md sections 1-5):
+Methods (docs/methods.md sections 1-6):
 
     pyramid           Eq. 2 / Eq. 7 of the Pyramid paper with dynamic weighting (Algorithm 1)
     pcb               sum over the stripes of the mean cross-entropy
@@ -31,7 +31,7 @@ from reidfast.losses.adaptive_margin import AdaptiveMarginLoss
 from reidfast.losses.center import CenterLoss, _check_class_labels
 from reidfast.losses.dynamic import MODES, DynamicLossWeighting
 from reidfast.nn.outputs import EmbeddingOutput, MGNOutput, PartOutput, PLAOutput, PLROSNetOutput
-from reidfast.ops._checks import check_float, check_int, check_labels, check_tensor
+from reidfast._checks import check_float, check_int, check_labels, check_tensor
 from reidfast.ops.triplet_select import triplet_loss
 
 
@@ -126,8 +126,8 @@ def _check_float_in(name: str, value, low: float, high: float) -> float:
 
 
 class PyramidCriterion(Criterion):
-    """The Pyramid loss with multi-loss dynamic training (papers/pyramid-multi-loss-dynamic-training.txt,
-    Eq. 2, 3 and 7, Algorithm 1; docs/methods.md section 1).
+    """The Pyramid loss with multi-loss dynamic training (arXiv:1810.12193, Eq. 2, 3 and 7, Algorithm 1;
+    docs/methods.md section 1).
 
         L_id = sum over branches b of mean_i CE(logits[i, b], y_i)                            (Eq. 2)
         L_tp = mean over anchors of max(0, margin + d_ap - d_an), batch-hard, non-squared
@@ -140,8 +140,9 @@ class PyramidCriterion(Criterion):
 
     Before drawing each batch, a training loop reads `criterion.sampling` ("random" or "identity")
     and draws the batch with that sampler (identity: reidfast.training.IdentityBatchSampler, 8
-    identities x 8 images in the paper; random: torch's BatchSampler over a RandomSampler). The weighting's state is in this module's buffers:
-    save and load the criterion's state_dict with the model's to resume training exactly.
+    identities x 8 images in the paper; random: torch's BatchSampler over a RandomSampler). The
+    weighting's state is in this module's buffers: save and load the criterion's state_dict with the
+    model's to resume training exactly.
 
     Options:
         margin: the triplet margin (1.4, the paper).
@@ -221,7 +222,7 @@ class PCBCriterion(Criterion):
 
 
 class MGNCriterion(Criterion):
-    """MGN's loss (papers/mgn-multiple-granularity.txt; docs/methods.md section 3).
+    """MGN's loss (arXiv:1804.01438, Eq. 1-2; docs/methods.md section 3).
 
         L = (1/8) sum_j mean_i CE(logits_j[i], y_i) + (1/3) sum_g L_tp(global_features[:, g])
 
@@ -266,7 +267,8 @@ class MGNCriterion(Criterion):
 
 
 class PLACriterion(Criterion):
-    """PLA's composite loss (papers/pla-progressive-learning.txt, Eq. 3-5; docs/methods.md section 2).
+    """PLA's composite loss (Eq. 3-5 of "Progressive Learning Algorithm for Efficient Person
+    Re-Identification"; docs/methods.md section 2).
 
         L = CE(logits, y) + lambda * mean over anchors a of softplus(m + d_ap^(k)(a) - d_an^(p)(a))
 
@@ -312,7 +314,7 @@ class PLACriterion(Criterion):
 
 
 class PLROSNetCriterion(Criterion):
-    """PLR-OSNet's loss over its two branches (papers/plr-osnet.txt, Eq. 6; docs/methods.md section 5).
+    """PLR-OSNet's loss over its two branches (arXiv:2001.07442, Eq. 6; docs/methods.md section 5).
 
         L = 0.5 * (CE_ls(global_logits) + CE_ls(local_logits))
           + 0.5 * (L_soft(global_features) + L_soft(local_features))
@@ -393,8 +395,8 @@ class PLROSNetCriterion(Criterion):
 
 
 class AdaptiveMarginCriterion(Criterion):
-    """The adaptive-margin loss on the embedding (papers/adaptive-margin-ranking.txt, Eq. 5-9;
-    docs/methods.md section 4), by reidfast.losses.AdaptiveMarginLoss.
+    """The adaptive-margin loss on the embedding (arXiv:1707.00409, Eq. 5-9; docs/methods.md section 4),
+    by reidfast.losses.AdaptiveMarginLoss.
 
     Options: mu (8), gamma (2.1), reduction ("mean", "sum" or "balanced"), backend.
 

@@ -1,5 +1,5 @@
-"""Multi-loss dynamic training of the Pyramid paper (papers/pyramid-multi-loss-dynamic-training.txt,
-Sec. 3.2.2 and Algorithm 1): which loss to optimise, with which weights, and which sampler draws the
+"""Multi-loss dynamic training of the Pyramid paper (arXiv:1810.12193, Sec. 3.2.2 and Algorithm 1;
+docs/methods.md section 1): which loss to optimise, with which weights, and which sampler draws the
 next mini-batch, decided from how fast each loss has been falling."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from reidfast.ops._checks import check_float, check_tensor
+from reidfast._checks import check_float, check_tensor
 
 MODES = ("dynamic", "code")
 # The paper's hyper-parameters (Sec. 4.1).

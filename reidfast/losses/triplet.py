@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidfast.ops._checks import check_float, check_int
+from reidfast._checks import check_float, check_int
 from reidfast.ops.triplet_select import _REDUCTIONS, triplet_loss
 
 

@@ -1,5 +1,5 @@
-"""The part-based network of the adaptive-margin paper (Sec. 3.4 and Fig. 5 of
-papers/adaptive-margin-ranking.txt; docs/methods.md section 4).
+"""The part-based network of the adaptive-margin paper (Sec. 3.4 and Fig. 5 of arXiv:1707.00409;
+docs/methods.md section 4).
 
     global   conv 7x7, 64 filters; max-pool 3x3, stride 3; ReLU          230x80 -> 64 x 76 x 26
     local    4 horizontal parts (19 rows each at 230x80), unshared; per part num_blocks residual
@@ -31,7 +31,7 @@ Choices where the paper is silent, each the reading that keeps its sizes consist
   embedding starts near 1e-5 and its weights' gradients near 1e-8 to 1e-12, which SGD, and Adam
   with its default eps of 1e-8, barely move (measured on a random batch at 230x80); the BatchNorms
   restore the activations' scale.
-- Parts: rows [floor(i*h/4), floor((i+1)*h/4)) of the h-row map (docs/methods.md section 1), equal parts
+- Parts: rows [floor(i*h/4), floor((i+1)*h/4)) of the h-row map (docs/methods.md section 0), equal parts
   when 4 divides h.
 - Input size: the FC layers' sizes depend on the map size, so the network is built for one
   `input_size` (default (230, 80), the paper's) and any other input size is a ValueError.
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from reidfast.nn.outputs import EmbeddingOutput
-from reidfast.ops._checks import check_bool, check_int, check_tensor
+from reidfast._checks import check_bool, check_int, check_tensor
 
 NUM_PARTS = 4
 STEM_CHANNELS = 64

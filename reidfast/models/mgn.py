@@ -1,4 +1,5 @@
-"""MGN, the Multiple Granularity Network (docs/methods.md section 3; Wang et al., ACM MM 2018)."""
+"""MGN, the Multiple Granularity Network (docs/methods.md section 3; Wang et al., ACM MM 2018,
+arXiv:1804.01438)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from reidfast.models.resnet import check_backbone_args, resnet, set_stage_stride
 from reidfast.nn import BranchClassifier, BranchEmbedding
 from reidfast.nn.outputs import MGNOutput
 from reidfast.ops import pyramid_pool
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 POOLS = ("max", "avg")
 REDUCED_DIM = 256
@@ -31,7 +32,7 @@ class MGN(nn.Module):
     - Pooling (global max pooling in the paper; `pool="avg"` for the average of some
       reimplementations), through reidfast.ops.pyramid_pool, one call per branch: the global map
       whole; the Part-2 map whole and as 2 stripes; the Part-3 map whole and as 3 stripes. Stripes
-      partition the rows as docs/methods.md section 1 says (equal at 24 rows).
+      partition the rows as docs/methods.md section 0 says (equal at 24 rows).
     - The 8 pooled C-vectors, in the order [global, Part-2 global, Part-3 global, Part-2 stripes 1-2,
       Part-3 stripes 1-3], each reduced by its own 1x1 conv C->256 (no bias) + BatchNorm + ReLU, all
       in one batched call (reidfast.nn.BranchEmbedding).

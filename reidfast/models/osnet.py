@@ -1,5 +1,5 @@
 """OSNet x1.0 as a feature extractor (Zhou et al., "Omni-Scale Feature Learning for Person
-Re-Identification", ICCV 2019; docs/methods.md section 5).
+Re-Identification", ICCV 2019, arXiv:1905.00953; docs/methods.md section 5).
 
 Architecture (Table 1 of the paper, width x1.0, channels 64 / 256 / 384 / 512):
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from reidfast.models.checkpoints import check_weights_path, load_backbone_weights
-from reidfast.ops._checks import check_tensor
+from reidfast._checks import check_tensor
 
 CHANNELS = (64, 256, 384, 512)
 # torchreid's OSNet layers after the feature map: the embedding layer and the identity classifier.

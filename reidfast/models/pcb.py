@@ -1,4 +1,5 @@
-"""PCB, the part-based convolutional baseline (Sun et al., "Beyond Part Models", ECCV 2018)."""
+"""PCB, the part-based convolutional baseline (Sun et al., "Beyond Part Models", ECCV 2018,
+arXiv:1711.09349; docs/methods.md section 6)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ class PCB(ResNetPartModel):
     ResNet (last stride 1) -> 6 horizontal stripes, average pooled -> per stripe 1x1 conv C->256
     + BatchNorm + ReLU -> per stripe Dropout(0.5) + Linear(256, num_classes). This is a PyramidHead
     with levels=(1,), pool="avg", embed_dim=256 and dropout 0.5 (as the public PCB implementations use);
-    the stripes partition the map's rows as docs/methods.md section 1 says, which at 24 rows is the
+    the stripes partition the map's rows as docs/methods.md section 0 says, which at 24 rows is the
     paper's uniform partition. The test embedding is the concatenation of the 6 reduced stripe
     features h (1536-d): the paper tests with either h or the 2048-d pooled vectors g; h is the one
     the model is trained to make discriminative and is 8 times smaller.

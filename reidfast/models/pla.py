@@ -1,5 +1,5 @@
 """The PLA network (docs/methods.md section 2; Li et al., "Progressive Learning Algorithm for Efficient
-Person Re-Identification", papers/pla-progressive-learning.txt)."""
+Person Re-Identification")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from reidfast.models.resnet import backbone_channels, check_backbone_args, resnet
 from reidfast.nn.outputs import PLAOutput
 from reidfast.nn.pyramid_head import CLASSIFIER_INIT_STD
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 HEAD_DIM = 1024
 

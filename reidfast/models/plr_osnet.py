@@ -1,5 +1,5 @@
 """PLR-OSNet (Xie et al., "Learning Diverse Features with Part-Level Resolution for Person
-Re-Identification", 2020; docs/methods.md section 5).
+Re-Identification", 2020, arXiv:2001.07442; docs/methods.md section 5).
 
 Layout (Fig. 3 of the paper):
 
@@ -22,7 +22,7 @@ Choices where the paper and its authors' code differ or are silent:
   (`global_fc=False`); `global_fc=True` adds the Linear (weight ~ N(0, 0.01), bias 0, as in that code).
 - BNNeck as Luo et al. ("Bag of Tricks", 2019) define it: the BatchNorm1d's bias is frozen at 0 and
   the classifiers have no bias, weight ~ N(0, 0.001). (The authors' code trains both biases.)
-- Stripes: rows [floor(i*h/4), floor((i+1)*h/4)) of the h-row map (docs/methods.md section 1), which
+- Stripes: rows [floor(i*h/4), floor((i+1)*h/4)) of the h-row map (docs/methods.md section 0), which
   are the authors' slices for every h; pooled by one `reidfast.ops.pyramid_pool` call.
 - Test embedding: the L2-normalised post-BN global feature, then the local one (the authors' code
   puts the local one first; the order does not change distances).
@@ -47,7 +47,7 @@ from torch import nn
 from reidfast.models.checkpoints import check_weights_path
 from reidfast.models.osnet import CHANNELS, ChannelGate, check_image, init_osnet_params, osnet_map_size, osnet_x1_0
 from reidfast.nn.outputs import PLROSNetOutput
-from reidfast.ops._checks import check_bool, check_int
+from reidfast._checks import check_bool, check_int
 from reidfast.ops.pyramid_pool import pyramid_pool, pyramid_windows
 
 NUM_STRIPES = 4

@@ -56,7 +56,7 @@ class ResNetPartModel(nn.Module):
 
 class Pyramid(ResNetPartModel):
     """The Pyramid model of docs/methods.md section 1 ("Pyramidal Person Re-IDentification via Multi-Loss
-    Dynamic Training", papers/pyramid-multi-loss-dynamic-training.txt, Fig. 2-3).
+    Dynamic Training", CVPR 2019, arXiv:1810.12193, Fig. 2-3).
 
     ResNet (last stride 1) -> 21 windows of 1..6 adjacent stripes (GMP + GAP, summed) -> per branch
     1x1 conv C->128 (bias) + BatchNorm + ReLU -> per branch Dropout(0.2) + Linear(128, num_classes)

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from reidfast.models.checkpoints import check_weights_path, load_backbone_weights
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 # depth -> (torchvision builder, channels of the last stage's map)
 _ARCHITECTURES = {

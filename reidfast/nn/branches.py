@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from reidfast.ops._checks import check_float, check_int, check_tensor
+from reidfast._checks import check_float, check_int, check_tensor
 
 
 def kaiming_fan_out_std(out_channels: int) -> float:

@@ -1,5 +1,5 @@
-"""The head of the Pyramid model (papers/pyramid-multi-loss-dynamic-training.txt, Fig. 3;
-docs/methods.md section 1), batched, and the per-branch head it is measured against.
+"""The head of the Pyramid model (arXiv:1810.12193, Fig. 3; docs/methods.md section 1), batched, and
+the per-branch head that is its specification.
 
 Each branch of the pyramid is one window of horizontal stripes of the backbone's feature map. Its
 branch op pools the window (GMP + GAP, summed), reduces the C-vector with a 1x1 convolution +
@@ -23,8 +23,9 @@ from torch import nn
 from reidfast.backend import BACKENDS
 from reidfast.nn.branches import BranchClassifier, BranchEmbedding, check_dropout, kaiming_fan_out_std
 from reidfast.nn.outputs import PartOutput
-from reidfast.ops._checks import check_int, check_tensor
-from reidfast.ops.pyramid_pool import MODES, _stripe_begin, pyramid_pool, pyramid_windows
+from reidfast._checks import check_int, check_tensor
+from reidfast.ops.enums import POOL_MODES
+from reidfast.ops.pyramid_pool import _stripe_begin, pyramid_pool, pyramid_windows
 
 # Hyper-parameters that must agree for two heads to compute the same function from the same weights.
 _CONFIGURATION = ("in_channels", "num_classes", "num_parts", "windows", "embed_dim", "dropout", "pool")
@@ -44,8 +45,8 @@ class _PyramidHeadConfiguration(nn.Module):
             raise TypeError(f"levels must be None or a sequence of pyramid levels (ints), got {levels!r}")
         check_int("embed_dim", embed_dim, minimum=1)
         check_dropout(dropout)
-        if pool not in MODES:
-            raise ValueError(f"pool must be one of {MODES}, got {pool!r}")
+        if pool not in POOL_MODES:
+            raise ValueError(f"pool must be one of {POOL_MODES}, got {pool!r}")
         self.in_channels, self.num_classes, self.num_parts = in_channels, num_classes, num_parts
         self.windows = pyramid_windows(num_parts, levels)
         self.levels = tuple(dict.fromkeys(length for _, length in self.windows))
@@ -79,7 +80,7 @@ class PyramidHead(_PyramidHeadConfiguration):
         logits[:, w] = V_w^T Dropout(features[:, w]) + c_w     (Linear D -> num_classes)
         embedding = concat_w features[:, w]
 
-    (papers/pyramid-multi-loss-dynamic-training.txt, Fig. 3; docs/methods.md section 1). The
+    (arXiv:1810.12193, Fig. 3; docs/methods.md section 1). The
     pooling is one `pyramid_pool` call for all windows; the convolutions, the BatchNorm and the
     classifiers are one `BranchEmbedding` and one `BranchClassifier` (batched matrix products over
     [branches, C, D] and [branches, D, num_classes] weights, one BatchNorm over branches * D

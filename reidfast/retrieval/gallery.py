@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reidfast.ops._checks import check_int, check_tensor
-from reidfast.ops.triplet_select import pairwise_distance
+from reidfast._checks import check_int, check_tensor
+from reidfast.ops.distance import pairwise_distance
 
 _METRICS = ("euclidean", "cosine")
 _METHODS = ("exact", "ivfpq")

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from reidfast.ops._checks import check_int
+from reidfast._checks import check_int
 
 
 class IdentityBatchSampler(Sampler[list[int]]):
