@@ -1,7 +1,9 @@
 """GalleryIndex: exact chunked top-k against a full sort, add / save / load round trips, FAISS
-IVF-PQ recall against exact search (skipped without faiss), and each error."""
+IVF-PQ recall against exact search (skipped without faiss), the install hint where faiss cannot be
+imported, and each error."""
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -84,10 +86,16 @@ def test_ivfpq_recall_against_exact(metric, record_property, tmp_path):
     assert torch.equal(GalleryIndex.load(tmp_path / "ivfpq.pt").search(queries, k=10)[1], approximate)
 
 
-@pytest.mark.skipif(HAS_FAISS, reason="faiss is installed")
-def test_ivfpq_without_faiss_says_how_to_install():
-    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+def test_without_faiss_exact_search_works_and_ivfpq_says_how_to_install(monkeypatch):
+    # None in sys.modules makes `import faiss` raise ImportError, installed or not.
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r"needs FAISS: `pip install faiss-cpu` \(or a GPU build of faiss\)"):
         GalleryIndex(method="ivfpq")
+    index = GalleryIndex()
+    gallery = torch.randn(50, 8, generator=torch.Generator().manual_seed(4))
+    index.add(gallery)
+    _, ids = index.search(gallery[:3], k=1)
+    assert ids.flatten().tolist() == [0, 1, 2]
 
 
 @pytest.mark.gpu

@@ -1,8 +1,9 @@
 """Each method end to end: build_model + build_criterion on a fixed random batch — every parameter
-(the criterion's learnable centres included) receives a gradient, and a few optimisation steps
-lower the method's loss."""
+(the criterion's learnable centres included) receives a finite, non-zero gradient, and a few
+optimisation steps lower the method's loss."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -14,6 +15,10 @@ NUM_IDENTITIES, IMAGES_PER_IDENTITY = 4, 2
 # Small images keep the ResNet-50 models quick; every model's stripes still fit the feature map.
 IMAGE_SIZE = {name: (128, 64) for name in MODEL_NAMES} | {"adaptive_margin": (230, 80)}
 CRITERION_OPTIONS = {"plr_osnet": {"num_classes": NUM_IDENTITIES}}
+# Parameters whose gradient is exactly zero at initialisation by design: PLR-OSNet's spatial
+# attention adds `scale * attention(x)` with `scale` initialised to 0, so its query, key and value
+# convolutions receive a gradient only once the scale has moved.
+ZERO_AT_INIT = {"plr_osnet": r"model\.attention\d\.spatial\.(query|key|value)\."}
 
 
 def build(name):
@@ -42,19 +47,35 @@ def objective(name, criterion, model, images, labels) -> float:
     return result.loss.item()
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_parameter_receives_a_gradient(name):
-    model, criterion = build(name)
-    images, labels = fixed_batch(name)
+def backward(model, criterion, images, labels, trainable):
+    """One forward and backward pass; the names of the parameters whose gradient is all zeros."""
+    for _, parameter in trainable:
+        parameter.grad = None
     result = criterion(model(images), labels)
     result.loss.backward()
     assert torch.isfinite(result.loss)
-    trainable = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable += [(f"criterion.{n}", p) for n, p in criterion.named_parameters() if p.requires_grad]
     missing = [n for n, p in trainable if p.grad is None]
     assert not missing, f"parameters without a gradient: {missing}"
     not_finite = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
     assert not not_finite, f"parameters with a non-finite gradient: {not_finite}"
+    return [n for n, p in trainable if not p.grad.any()]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_parameter_receives_a_gradient(name):
+    model, criterion = build(name)
+    images, labels = fixed_batch(name)
+    trainable = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable += [(f"criterion.{n}", p) for n, p in criterion.named_parameters() if p.requires_grad]
+    zero = backward(model, criterion, images, labels, trainable)
+    pattern = ZERO_AT_INIT.get(name)
+    expected_zero = [n for n, _ in trainable if pattern is not None and re.match(pattern, n)]
+    assert zero == expected_zero, f"parameters with an all-zero gradient: {zero}"
+    if expected_zero:
+        # One step moves what held their gradient at zero; from then on they learn too.
+        torch.optim.SGD([p for _, p in trainable], lr=0.1).step()
+        zero = backward(model, criterion, images, labels, trainable)
+        assert not zero, f"parameters with an all-zero gradient after one step: {zero}"
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
