@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   bash dev.sh bench   set up, then run the benchmark suite and print the comparison table
-#   bash dev.sh test    set up, then build the CMake library and run the test suite
+#   bash dev.sh test    set up, then build the CMake library and run the test suite (the CPU
+#                       kernels with AVX2 variants also on their generic build: REIDFAST_CPU_ISA)
 # Setup is idempotent: a virtual environment in .venv with the pinned torch, the test and
 # benchmark tools, and reidfast installed in editable mode (its extension rebuilt when a source
 # under csrc/ changed). Environment: TORCH_SPEC overrides the torch pin; CUDA_HOME points at a
@@ -41,8 +42,9 @@ build_cmake() {
 case "${1:-}" in
   bench)
     setup
-    # The suites also time the toolkits users switch from, where they are installed.
-    "$PYTHON" -m pip install --quiet pytorch-metric-learning
+    # The suites also time the toolkits users switch from: pytorch-metric-learning, and
+    # fast-reid's Cython evaluation (built from its source package by bench/fastreid_baseline.py).
+    "$PYTHON" -m pip install --quiet pytorch-metric-learning cython
     shift
     "$PYTHON" -m pytest bench --benchmark-only -q "$@"
     "$PYTHON" bench/report.py
@@ -52,6 +54,9 @@ case "${1:-}" in
     build_cmake
     shift
     REIDFAST_REQUIRE_CMAKE=1 "$PYTHON" -m pytest tests -q "$@"
+    # The CPU kernels with instruction-set variants, once more on their generic compilation.
+    REIDFAST_CPU_ISA=generic "$PYTHON" -m pytest tests/test_pyramid_pool.py tests/test_nan_policy.py \
+      -k "pyramid_pool" -q -p no:cacheprovider "$@"
     ;;
   *)
     echo "usage: bash dev.sh {bench|test} [pytest arguments]" >&2

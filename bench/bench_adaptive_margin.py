@@ -14,7 +14,7 @@ from benchutil import devices
 
 import reidfast
 from reidfast.ops import adaptive_margin_loss
-from reidfast.ops.adaptive_margin import _implemented
+from reidfast.ops.adaptive_margin import _KERNELS
 
 IDENTITY_SIZE = 4
 CASES = [(device, n, d) for device in ("cpu", "cuda") for n in (64, 256, 1024, 4096) for d in (128, 800, 2048)]
@@ -23,7 +23,7 @@ CASES = [(device, n, d) for device in ("cpu", "cuda") for n in (64, 256, 1024, 4
 def implementations(device):
     fused = [
         name for name, status in reidfast.available_backends().items()
-        if name != "reference" and name in _implemented() and device in status.devices
+        if name != "reference" and name in _KERNELS.implemented() and device in status.devices
         and not (name == "triton" and device == "cpu")
     ]
     return [f"reidfast:{name}" for name in fused] + ["reference", "reference-compiled"]

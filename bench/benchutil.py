@@ -22,3 +22,12 @@ def device_name(device: str) -> str:
 
 def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def merge_cases(earlier: list[dict], cases: list[dict]) -> list[dict]:
+    """The cases of a results file after a run: `cases` (this run's) replace the earlier cases of
+    the same test id (the pytest node id, file included, so suites that share a test name keep
+    separate results); earlier cases not run now are kept, in their order, before this run's.
+    Cases from files written before results carried an id cannot be matched and are dropped."""
+    ids = {case["id"] for case in cases}
+    return [case for case in earlier if "id" in case and case["id"] not in ids] + cases

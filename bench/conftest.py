@@ -1,8 +1,9 @@
 """Benchmark configuration: timing helpers, and the results written as JSON per device.
 
 `pytest bench/ --benchmark-only` times every case; at the end the statistics are written to
-bench/results/<device>.json (one file per device; a case run again replaces its earlier result),
-which bench/report.py turns into BENCHMARKS.md.
+bench/results/<device>.json (one file per device), each case under its pytest node id (file and
+test: `bench/bench_triplet_select.py::test_forward[...]`); a case run again replaces its earlier
+result. bench/report.py turns the files into BENCHMARKS.md and the README's benchmark section.
 """
 
 import datetime
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import reidfast
-from benchutil import device_name
+from benchutil import device_name, merge_cases
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -52,31 +53,30 @@ def pytest_sessionfinish(session):
     if bench_session is None or bench_session.disabled or not bench_session.benchmarks:
         return
     by_device: dict[str, list] = {}
+    today = datetime.date.today().isoformat()
     for bench in bench_session.benchmarks:
         if not bench.stats or not bench.stats.data:
             continue
         data = sorted(bench.stats.data)
         by_device.setdefault(bench.extra_info["device_name"], []).append({
-            "name": bench.name,
+            "id": bench.fullname,
             "group": bench.group,
             **bench.extra_info,
             "rounds": len(data),
             "median_ms": 1e3 * bench.stats.median,
             "p20_ms": 1e3 * _percentile(data, 0.2),
             "p80_ms": 1e3 * _percentile(data, 0.8),
+            "date": today,
         })
     RESULTS.mkdir(exist_ok=True)
     for name, cases in by_device.items():
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
         path = RESULTS / f"{slug}.json"
-        # Cases of this run replace their earlier results; cases not run now are kept.
         earlier = json.loads(path.read_text())["cases"] if path.exists() else []
-        names = {case["name"] for case in cases}
-        cases = [case for case in earlier if case["name"] not in names] + cases
         path.write_text(json.dumps({
             "device_name": name,
-            "date": datetime.date.today().isoformat(),
+            "date": today,
             "torch": torch.__version__,
             "reidfast": reidfast.__version__,
-            "cases": cases,
+            "cases": merge_cases(earlier, cases),
         }, indent=1) + "\n")

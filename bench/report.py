@@ -1,69 +1,273 @@
-"""Writes BENCHMARKS.md from bench/results/*.json and prints the tables.
+"""Writes BENCHMARKS.md and the benchmark section of README.md from bench/results/*.json.
 
-Per device and per benchmark group (op, pass, shape, dtype): each implementation's median time
-with its p20-p80 range, the speed-up of every implementation over the eager reference and over the
-reference under torch.compile and the best plain-PyTorch formulation ("stripes"), where the group
-has them, the bandwidth of the forward pass (the bytes it must
-move: input read once, output written; for copy-x, read and write) and peak GPU memory where
-measured. Every ratio in a table comes from one run on one device.
+BENCHMARKS.md: per device and per benchmark group (op, pass, shape, dtype), each implementation's
+median time with its p20-p80 range, the speed-up of every implementation over each of BASELINES
+the group has (the eager reference, the reference under torch.compile, the best plain-PyTorch
+formulation "stripes", pytorch-metric-learning, fast-reid's Cython evaluator), the bandwidth of
+the forward pass (the bytes it must move: input read once, output written; for copy-x, read and
+write) and peak memory where measured.
+
+README.md, between BEGIN and END: per device, the headline comparisons (HEADLINES): for each op,
+pass and shape the fused implementation's median and its speed-up over each named baseline, a row
+only where the results hold the case. So no figure in the README is typed by hand.
+
+Every ratio compares the medians of one group, measured on one device. `--check` writes nothing
+and exits with status 1 when a file differs from what the results give.
 """
 
+import argparse
+import dataclasses
 import json
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BASELINES = ("reference", "reference-compiled", "stripes")
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+README = ROOT / "README.md"
+BEGIN = "<!-- benchmarks:begin (written by bench/report.py from bench/results; do not edit) -->"
+END = "<!-- benchmarks:end -->"
+BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython")
 
 
-def table(cases):
+@dataclasses.dataclass(frozen=True)
+class Headline:
+    """One README table: the cases of `op` at `passes` (None: every pass the results hold, in
+    their order) and `shapes` (a case's `shape` field; those of every device are listed, each
+    device's results hold its own), one row per fused implementation (impl `reidfast`,
+    `reidfast:<backend>` or `reidfast-<variant>`), with its speed-up over each (impl, column title) of `baselines`."""
+
+    title: str
+    op: str
+    passes: tuple[str, ...] | None
+    shapes: tuple[tuple[int, ...], ...]
+    baselines: tuple[tuple[str, str], ...]
+    pass_title: str = "pass"
+
+
+RESNET_MAPS = ((32, 2048, 24, 8), (64, 2048, 24, 8))  # ResNet-50 at 384x128: the CPU and GPU batch
+BOTH_PASSES = ("forward", "forward+backward")
+HEADLINES = (
+    Headline(
+        "`pyramid_pool`: the 21 windows of a 6-stripe pyramid on a ResNet-50 map",
+        "pyramid_pool", BOTH_PASSES, RESNET_MAPS,
+        (("reference", "vs per-window reference"), ("reference-compiled", "vs reference, compiled"),
+         ("stripes", "vs stripes"), ("stripes-compiled", "vs stripes, compiled")),
+    ),
+    Headline(
+        "`PyramidHead`: 21 branches and a 751-identity classifier on a ResNet-50 map",
+        "pyramid_head", BOTH_PASSES, RESNET_MAPS, (("reference", "vs per-branch head"),),
+    ),
+    Headline(
+        "`triplet_loss` (batch-hard), N x D embeddings in batches of 4 images per identity",
+        "triplet_loss", ("forward+backward",), ((256, 128), (256, 2048), (1024, 2048)),
+        (("reference", "vs reference"), ("reference-compiled", "vs reference, compiled"),
+         ("pml", "vs pytorch-metric-learning")),
+    ),
+    Headline(
+        "`adaptive_margin_loss`, N x D embeddings in batches of 4 images per identity",
+        "adaptive_margin_loss", ("forward+backward",), ((256, 800), (1024, 800), (1024, 2048)),
+        (("reference", "vs reference"), ("reference-compiled", "vs reference, compiled")),
+    ),
+    Headline(
+        "`evaluate_rank`: CMC, mAP and mINP of Q x G distances (Market-1501 and MSMT17 sizes)",
+        "evaluate_rank", None, ((3368, 15913), (11659, 82161)),
+        (("fastreid-cython", "vs fast-reid's Cython"), ("reference", "vs per-query argsort")),
+        pass_title="distances",
+    ),
+    Headline(
+        "`evaluate` from Q x G x 2048 features, distances made and ranked chunk by chunk",
+        "evaluate", None, ((3368, 15913, 2048), (11659, 82161, 2048)), (), pass_title="metric",
+    ),
+)
+
+
+def load_results(directory=RESULTS):
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+
+
+# --------------------------------------------------------------------------------- BENCHMARKS.md
+
+
+def group_table(cases):
     by_impl = {case["impl"]: case for case in cases}
     baselines = [b for b in BASELINES if b in by_impl]
     bandwidth = any("bytes_moved" in case for case in cases)
     memory = any("peak_memory_mb" in case for case in cases)
     header = ["implementation", "median ms", "p20-p80 ms", *(f"vs {b}" for b in baselines)]
     header += ["GB/s"] * bandwidth + ["peak MiB"] * memory
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = [_row(header), "|---|" + "---:|" * (len(header) - 1)]
     for case in sorted(cases, key=lambda c: c["median_ms"]):
         cells = [case["impl"], f"{case['median_ms']:.3f}", f"{case['p20_ms']:.3f}-{case['p80_ms']:.3f}"]
-        cells += [f"{by_impl[b]['median_ms'] / case['median_ms']:.1f}x" for b in baselines]
+        cells += [_ratio(by_impl[b], case) for b in baselines]
         if bandwidth:
             cells.append(f"{case['bytes_moved'] / case['median_ms'] / 1e6:.0f}" if "bytes_moved" in case else "-")
         if memory:
             cells.append(f"{case['peak_memory_mb']:.0f}" if "peak_memory_mb" in case else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines)
 
 
-def render(result):
-    parts = [
-        f"## {result['device_name']}",
-        "",
-        f"Measured {result['date']}, torch {result['torch']}, reidfast {result['reidfast']}.",
-    ]
+def render_device(result):
+    parts = [f"## {result['device_name']}", "", _provenance(result, result["cases"])]
     groups: dict[str, list] = {}
     for case in result["cases"]:
         groups.setdefault(case["group"], []).append(case)
     for group in sorted(groups):
-        parts += ["", f"### {group}", "", table(groups[group])]
+        parts += ["", f"### {group}", "", group_table(groups[group])]
     return "\n".join(parts)
 
 
-def main():
-    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
-    body = "\n\n".join(render(result) for result in results) or "No results yet."
-    text = (
+def benchmarks_md(results):
+    body = "\n\n".join(render_device(result) for result in results) or "No results yet."
+    return (
         "# Benchmarks\n\n"
         "Written by `bench/report.py` from `bench/results/*.json` (`pytest bench/ --benchmark-only`).\n"
-        "Ratios are speed-ups (baseline median / implementation median), measured in one run on the\n"
-        "device named. `reference` is an op's plain-PyTorch specification (eager), `reference-compiled`\n"
+        "Ratios are speed-ups (baseline median / implementation median) within one group, measured on\n"
+        "the device named. `reference` is an op's plain-PyTorch specification (eager), `reference-compiled`\n"
         "the same under `torch.compile`. For pyramid_pool, `stripes` is the best plain-PyTorch\n"
         "formulation; `read-x` is `x.sum()`, one read of the input (the memory floor of a forward\n"
-        "pass); `copy-x` is `y.copy_(x)`, the copy bandwidth.\n\n" + body + "\n"
+        "pass); `copy-x` is `y.copy_(x)`, the copy bandwidth. `fastreid-cython` is fast-reid's\n"
+        "Cython `evaluate_cy`, built from its source package.\n\n" + body + "\n"
     )
-    (ROOT / "BENCHMARKS.md").write_text(text)
-    print(body)
+
+
+# ----------------------------------------------------------------------------------- README.md
+
+
+def _is_fused(impl):
+    return impl == "reidfast" or impl.startswith(("reidfast:", "reidfast-"))
+
+
+def headline_cases(headline, cases):
+    """The cases of one device that `headline`'s table draws on."""
+    return [
+        case for case in cases
+        if case["op"] == headline.op
+        and (headline.passes is None or case["passname"] in headline.passes)
+        and tuple(case["shape"]) in headline.shapes
+    ]
+
+
+def headline_table(headline, cases):
+    """The markdown of one headline table from one device's cases, or None when none is there."""
+    chosen = headline_cases(headline, cases)
+    groups: dict[str, list] = {}
+    for case in chosen:
+        groups.setdefault(case["group"], []).append(case)
+    passes = headline.passes or tuple(dict.fromkeys(case["passname"] for case in chosen))
+
+    def order(group):
+        first = group[0]
+        shape = headline.shapes.index(tuple(first["shape"]))
+        return passes.index(first["passname"]), shape, first.get("bank", 0), first["dtype"]
+
+    rows = [(case, group) for group in sorted(groups.values(), key=order) for case in group if _is_fused(case["impl"])]
+    if not rows:
+        return None
+    impls = {case["impl"] for group in groups.values() for case in group}
+    baselines = [(impl, title) for impl, title in headline.baselines if impl in impls]
+    memory = any("peak_memory_mb" in case for case, _ in rows)
+    # A pass or dtype common to every row goes into the title; the distance kinds always get a column.
+    show_pass = headline.passes is None or len({case["passname"] for case, _ in rows}) > 1
+    dtypes = {case["dtype"] for case, _ in rows}
+    labels = [headline.pass_title] * show_pass + ["shape"] + ["dtype"] * (len(dtypes) > 1) + ["implementation"]
+    numbers = ["median ms", *(title for _, title in baselines)] + ["peak MiB"] * memory
+    lines = [_row(labels + numbers), "|" + "---|" * len(labels) + "---:|" * len(numbers)]
+    for case, group in rows:
+        by_impl = {other["impl"]: other for other in group}
+        cells = [case["passname"]] * show_pass + [_shape(case)] + [case["dtype"]] * (len(dtypes) > 1)
+        cells += [f"`{case['impl']}`", _milliseconds(case["median_ms"])]
+        cells += [_ratio(by_impl[impl], case) if impl in by_impl else "-" for impl, _ in baselines]
+        if memory:
+            cells.append(f"{case['peak_memory_mb']:.0f}" if "peak_memory_mb" in case else "-")
+        lines.append(_row(cells))
+    common = [rows[0][0]["passname"]] * (not show_pass) + sorted(dtypes) * (len(dtypes) == 1)
+    return ", ".join([headline.title, *common]) + ":\n\n" + "\n".join(lines)
+
+
+def readme_section(results):
+    """The README text between BEGIN and END."""
+    parts = []
+    for result in results:
+        tables = [headline_table(headline, result["cases"]) for headline in HEADLINES]
+        tables = [table for table in tables if table is not None]
+        if tables:
+            chosen = [case for headline in HEADLINES for case in headline_cases(headline, result["cases"])]
+            parts += [f"### {result['device_name']}", _provenance(result, chosen), *tables]
+    if not parts:
+        parts.append("No results yet.")
+    if not any(case.get("device") == "cuda" for result in results for case in result["cases"]):
+        parts.append("No GPU has been measured yet: the CUDA and Triton kernels compile, and the Triton kernels "
+                     "pass their tests in Triton's interpreter, but none has been timed on a GPU.")
+    return "\n\n".join(parts)
+
+
+def splice(readme, section):
+    """`readme` with the text between BEGIN and END replaced by `section`."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md must hold the lines {BEGIN!r} and {END!r}, in that order")
+    return readme[: start + len(BEGIN)] + "\n\n" + section + "\n\n" + readme[end:]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def _ratio(baseline, case):
+    return f"{baseline['median_ms'] / case['median_ms']:.1f}x"
+
+
+def _milliseconds(value):
+    """At least three significant figures, never in exponent notation."""
+    integer_digits = len(str(int(value))) if value >= 1 else 0
+    return f"{value:.{max(0, 3 - integer_digits)}f}"
+
+
+def _shape(case):
+    shape = " x ".join(map(str, case["shape"]))
+    return shape + (f", bank {case['bank']}" if case.get("bank") else "")
+
+
+def _provenance(result, cases):
+    """Device, dates and versions; a case carries the date of its own run (the file's date for
+    results written before cases carried one)."""
+    dates = sorted({case.get("date", result["date"]) for case in cases} or {result["date"]})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return f"Measured {when}, torch {result['torch']}, reidfast {result['reidfast']}."
+
+
+def outputs(results):
+    """{path: the text the results give}."""
+    return {BENCHMARKS: benchmarks_md(results), README: splice(README.read_text(), readme_section(results))}
+
+
+def stale(results):
+    """[(path, text)] of each file whose text differs from what `results` give."""
+    return [(path, text) for path, text in outputs(results).items() if not path.exists() or path.read_text() != text]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    args = parser.parse_args(argv)
+    out_of_date = stale(load_results())
+    names = ", ".join(path.name for path, _ in out_of_date)
+    if args.check:
+        if out_of_date:
+            print(f"out of date (run python bench/report.py): {names}", file=sys.stderr)
+            return 1
+        print("BENCHMARKS.md and the README's benchmark section are up to date")
+        return 0
+    for path, text in out_of_date:
+        path.write_text(text)
+    print(f"written: {names}" if out_of_date else "up to date: nothing written")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,7 @@ for layout in (torch.contiguous_format, torch.channels_last):
     x = torch.randn(3, 70, 13, 5, generator=generator).to(memory_format=layout)
     x[1, 4, 6, 2] = float("nan")
     x.requires_grad_(True)
-    out = pyramid_pool(x, 4, mode="max+avg", backend="cpu")
+    out = pyramid_pool(x, 4, pool="max+avg", backend="cpu")
     grad_out = torch.randn(out.shape, generator=generator)
     out.backward(grad_out)
     results.append((x.detach(), out.detach(), grad_out, x.grad))
@@ -63,7 +63,7 @@ def test_each_isa_matches_the_reference(isa, tmp_path):
     assert chosen in ISA_NAMES and (isa == "auto" or chosen == isa)
     for x, out, grad_out, grad in torch.load(tmp_path / "pool.pt"):
         x.requires_grad_(True)
-        expected = pyramid_pool_reference(x, 4, mode="max+avg")
+        expected = pyramid_pool_reference(x, 4, pool="max+avg")
         expected.backward(grad_out)
         torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5, equal_nan=True)
         torch.testing.assert_close(grad, x.grad, rtol=1e-5, atol=1e-6)

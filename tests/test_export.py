@@ -13,8 +13,8 @@ class PyramidBranches(torch.nn.Module):
     """A part-based head's pooling: the full pyramid (GMP + GAP) and MGN's stripes (GMP)."""
 
     def forward(self, x):
-        pyramid = pyramid_pool(x, 6, mode="max+avg")
-        stripes = pyramid_pool(x, 6, [(0, 6), (0, 3), (3, 3), (0, 2), (2, 2), (4, 2)], mode="max")
+        pyramid = pyramid_pool(x, 6, pool="max+avg")
+        stripes = pyramid_pool(x, 6, [(0, 6), (0, 3), (3, 3), (0, 2), (2, 2), (4, 2)], pool="max")
         return torch.cat([pyramid, stripes], dim=1).relu()
 
 

@@ -101,7 +101,7 @@ def test_pyramid_windows_order():
 def test_stripes_partition_rows():
     # H=7, n=3: stripes are rows [0,2), [2,4), [4,7); window (1,1) is the mean of rows 2..3.
     x = torch.arange(7.0).view(1, 1, 7, 1)
-    out = pyramid_pool_reference(x, 3, [(0, 1), (1, 1), (2, 1), (0, 3)], mode="avg")
+    out = pyramid_pool_reference(x, 3, [(0, 1), (1, 1), (2, 1), (0, 3)], pool="avg")
     torch.testing.assert_close(out.flatten(), torch.tensor([0.5, 2.5, 5.0, 3.0]))
 
 
@@ -211,7 +211,7 @@ def test_nan_propagates_to_first_nan(backend):
     x[0, 0, 1, 1] = math.nan
     x[0, 0, 4, 0] = math.nan
     starts, lengths = windows_of(3, None)
-    out = pyramid_pool(x, 3, mode="max", backend=backend)
+    out = pyramid_pool(x, 3, pool="max", backend=backend)
     expected, expected_argmax = reference_forward(x, 3, starts, lengths, "max")
     torch.testing.assert_close(out, expected, equal_nan=True, rtol=0, atol=0)
     if backend != "reference":
@@ -251,7 +251,7 @@ def test_from_stripes_matches_reference():
 def test_gradcheck_float64(layout, mode, seed):
     generator = torch.Generator().manual_seed(seed)
     x = make_input((2, 3, 7, 2), layout, dtype=torch.float64, generator=generator).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: pyramid_pool(t, 3, mode=mode, backend="cpu"), (x,))
+    assert torch.autograd.gradcheck(lambda t: pyramid_pool(t, 3, pool=mode, backend="cpu"), (x,))
 
 
 @requires_extension
@@ -343,12 +343,12 @@ def test_compile_fullgraph(layout):
         (dict(windows=[(-1, 1)]), ValueError, r"window \(-1, 1\)"),
         (dict(windows=[(0, 1, 2)]), ValueError, r"\(start, length\) pairs of ints, got \(0, 1, 2\)"),
         (dict(windows=[(0.0, 1)]), ValueError, "pairs of ints"),
-        (dict(mode="sum"), ValueError, "mode must be one of .*got 'sum'"),
+        (dict(pool="sum"), ValueError, "pool must be one of .*got 'sum'"),
         (dict(backend="gpu"), ValueError, "backend must be one of .*got 'gpu'"),
     ],
 )
 def test_errors(kwargs, error, message):
-    args = dict(x=torch.randn(1, 2, 8, 2), num_parts=4, windows=None, mode="max+avg", backend=None)
+    args = dict(x=torch.randn(1, 2, 8, 2), num_parts=4, windows=None, pool="max+avg", backend=None)
     args.update(kwargs)
     with pytest.raises(error, match=message):
         pyramid_pool(**args)

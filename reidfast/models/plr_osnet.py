@@ -164,7 +164,7 @@ class PLROSNet(nn.Module):
         global_map = self.global_branch(shared)  # [B, 512, h, w]
         local_map = self.local_branch(shared)  # [B, 512, h, w]
         global_features = self.global_fc(global_map.amax(dim=(2, 3)))  # [B, 512]
-        local_features = pyramid_pool(local_map, NUM_STRIPES, STRIPE_WINDOWS, mode="avg").flatten(1)  # [B, 2048]
+        local_features = pyramid_pool(local_map, NUM_STRIPES, STRIPE_WINDOWS, pool="avg").flatten(1)  # [B, 2048]
         global_bn = self.global_bn(global_features)
         local_bn = self.local_bn(local_features)
         embedding = torch.cat([F.normalize(global_bn, dim=1), F.normalize(local_bn, dim=1)], dim=1)

@@ -8,7 +8,7 @@ start .. start+length-1. For each window the op gives, per channel,
     GMP(window) = max over the window's rows and all W columns,
     GAP(window) = mean over the same elements,
 
-and mode "max+avg" is their sum: the branch op of the Pyramid paper (Fig. 3). One call covers the
+and pooling "max+avg" is their sum: the branch op of the Pyramid paper (Fig. 3). One call covers the
 poolings of the part-based methods: the 21-window pyramid of n = 6 (`pyramid_windows(6)`), MGN's
 global + 2 + 3 stripes, PCB's 6 stripes, PLR-OSNet's 4 averaged stripes.
 
@@ -74,7 +74,7 @@ def pyramid_pool(
     x: torch.Tensor,
     num_parts: int = 6,
     windows: Sequence[tuple[int, int]] | None = None,
-    mode: str = "max+avg",
+    pool: str = "max+avg",
     backend: str | None = None,
 ) -> torch.Tensor:
     """Pools each window of horizontal stripes of `x` (GMP, GAP or GMP + GAP).
@@ -85,21 +85,21 @@ def pyramid_pool(
         num_parts: number of basic stripes n, 1 <= n <= H.
         windows: (start, length) pairs in stripe units, 0 <= start, 1 <= length,
             start + length <= n; None is the whole pyramid, `pyramid_windows(num_parts)`.
-        mode: "max" (GMP), "avg" (GAP) or "max+avg" (their sum).
+        pool: "max" (GMP), "avg" (GAP) or "max+avg" (their sum).
         backend: "reference", "cpu", "cuda" or "triton"; None picks (see reidfast.backend).
 
     Returns:
         Tensor[B, len(windows), C] in x's dtype: out[b, i, c] = GMP + GAP of window i of plane
-        (b, c), as `mode` says.
+        (b, c), as `pool` says.
     """
-    starts, lengths = _check_args(x, num_parts, windows, mode)
+    starts, lengths = _check_args(x, num_parts, windows, pool)
     if torch.compiler.is_exporting():
-        return pyramid_pool_from_stripes(x, num_parts, list(zip(starts, lengths)), mode)
+        return pyramid_pool_from_stripes(x, num_parts, list(zip(starts, lengths)), pool)
     name = _KERNELS.choose(backend, x, lambda name: _limit(name, x, num_parts, len(starts)))
     if name == "reference":
-        return pyramid_pool_reference(x, num_parts, list(zip(starts, lengths)), mode)
-    return_argmax = "max" in mode and torch.is_grad_enabled() and x.requires_grad
-    out, _ = _KERNELS.kernels[name](x, num_parts, starts, lengths, mode, return_argmax)
+        return pyramid_pool_reference(x, num_parts, list(zip(starts, lengths)), pool)
+    return_argmax = "max" in pool and torch.is_grad_enabled() and x.requires_grad
+    out, _ = _KERNELS.kernels[name](x, num_parts, starts, lengths, pool, return_argmax)
     return out
 
 
@@ -122,20 +122,20 @@ def pyramid_pool_reference(
     x: torch.Tensor,
     num_parts: int = 6,
     windows: Sequence[tuple[int, int]] | None = None,
-    mode: str = "max+avg",
+    pool: str = "max+avg",
 ) -> torch.Tensor:
     """The specification of `pyramid_pool`, in plain PyTorch, one window at a time.
 
     Same arguments and result as `pyramid_pool`; differentiable through PyTorch's autograd
     (torch.max(dim) sends the gradient to the first maximum, as the fused kernels do).
     """
-    starts, lengths = _check_args(x, num_parts, windows, mode)
-    out, _ = reference_forward(x, num_parts, starts, lengths, mode)
+    starts, lengths = _check_args(x, num_parts, windows, pool)
+    out, _ = reference_forward(x, num_parts, starts, lengths, pool)
     return out
 
 
 def reference_forward(
-    x: torch.Tensor, num_parts: int, starts: Sequence[int], lengths: Sequence[int], mode: str
+    x: torch.Tensor, num_parts: int, starts: Sequence[int], lengths: Sequence[int], pool: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference pooled values [B, NW, C] and window argmax [B, NW, C] (int32, h * W + w)."""
     _, _, height, width = x.shape
@@ -147,9 +147,9 @@ def reference_forward(
         window = x[:, :, row_begin:row_end, :].flatten(2)  # [B, C, rows * W]
         maximum, index = window.max(dim=2)  # [B, C]: first maximum on ties, NaN propagates
         value = torch.zeros_like(maximum, dtype=acc_dtype)
-        if "max" in mode:
+        if "max" in pool:
             value = value + maximum.to(acc_dtype)
-        if "avg" in mode:
+        if "avg" in pool:
             value = value + window.to(acc_dtype).mean(dim=2)
         pooled.append(value.to(x.dtype))
         argmax.append((index + row_begin * width).to(torch.int32))
@@ -160,7 +160,7 @@ def pyramid_pool_from_stripes(
     x: torch.Tensor,
     num_parts: int = 6,
     windows: Sequence[tuple[int, int]] | None = None,
-    mode: str = "max+avg",
+    pool: str = "max+avg",
 ) -> torch.Tensor:
     """`pyramid_pool` from per-stripe statistics, in standard operators only.
 
@@ -169,20 +169,20 @@ def pyramid_pool_from_stripes(
     against) and the form the op takes in exported models. Its values equal the op's; its
     gradient is PyTorch's for amax, which splits the gradient evenly among tied maxima.
     """
-    starts, lengths = _check_args(x, num_parts, windows, mode)
+    starts, lengths = _check_args(x, num_parts, windows, pool)
     height, width = x.shape[2], x.shape[3]
     acc_dtype = accumulation_dtype(x.dtype)
     bounds = [_stripe_begin(s, height, num_parts) for s in range(num_parts + 1)]
     stripes = [x[:, :, bounds[s] : bounds[s + 1], :] for s in range(num_parts)]  # n x [B, C, rows, W]
-    stripe_max = [stripe.amax(dim=(2, 3)) for stripe in stripes] if "max" in mode else []
-    stripe_sum = [stripe.sum(dim=(2, 3), dtype=acc_dtype) for stripe in stripes] if "avg" in mode else []
+    stripe_max = [stripe.amax(dim=(2, 3)) for stripe in stripes] if "max" in pool else []
+    stripe_sum = [stripe.sum(dim=(2, 3), dtype=acc_dtype) for stripe in stripes] if "avg" in pool else []
     pooled = []
     for start, length in zip(starts, lengths):
         last = start + length
         value = None
-        if "max" in mode:
+        if "max" in pool:
             value = torch.stack(stripe_max[start:last]).amax(dim=0).to(acc_dtype)
-        if "avg" in mode:
+        if "avg" in pool:
             mean = torch.stack(stripe_sum[start:last]).sum(dim=0) / ((bounds[last] - bounds[start]) * width)
             value = mean if value is None else value + mean
         pooled.append(value.to(x.dtype))
@@ -194,7 +194,7 @@ def _stripe_begin(stripe: int, height: int, num_parts: int) -> int:
     return stripe * height // num_parts
 
 
-def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
+def _check_args(x, num_parts, windows, pool) -> tuple[list[int], list[int]]:
     """Validates the arguments of pyramid_pool; returns the windows as (starts, lengths)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a Tensor [B, C, H, W], got {type(x).__name__}")
@@ -208,8 +208,8 @@ def _check_args(x, num_parts, windows, mode) -> tuple[list[int], list[int]]:
     height = x.shape[2]
     if num_parts > height:
         raise ValueError(f"num_parts must be at most H={height} (one row per stripe), got {num_parts}")
-    if mode not in POOL_MODES:
-        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
+    if pool not in POOL_MODES:
+        raise ValueError(f"pool must be one of {POOL_MODES}, got {pool!r}")
     if windows is None:
         windows = pyramid_windows(num_parts)
     if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence) or len(windows) == 0:
