@@ -32,8 +32,9 @@ def _build_cuda() -> bool:
 
 
 def extensions():
-    sources = ["csrc/reidfast.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+    sources = ["csrc/reidfast.cpp", *sorted(glob.glob("csrc/autograd/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    # -fno-math-errno: no kernel reads errno, and without it sqrt and friends do not vectorise.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"]
     define_macros = [("REIDFAST_PYTHON_MODULE", None)]
     if _build_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)

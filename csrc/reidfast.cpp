@@ -1,7 +1,8 @@
 // Operator schemas of the reidfast extension, defined once for every backend.
 //
 // Each backend registers its kernels in its own file (cpu/<op>.cpp for CPU, cuda/<op>.cu for
-// CUDA); the Python package registers the fake (meta) kernels and the autograd formulas. Nothing
+// CUDA); csrc/autograd/ registers the loss ops' autograd in C++ (so libtorch users have it), and
+// the Python package registers the fake (meta) kernels and the other autograd formulas. Nothing
 // here needs pybind11, so this file includes Python.h only to give `import reidfast._C` a module
 // to load: loading it runs the static registrations below.
 #include <torch/library.h>
@@ -39,6 +40,14 @@ TORCH_LIBRARY(reidfast, m) {
       "triplet_select_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor ref, "
       "Tensor pos_dist, Tensor neg_dist, Tensor pos_index, Tensor neg_index, bool self_reference, "
       "bool squared, bool ref_grad) -> (Tensor, Tensor)");
+
+  //   The triplet loss on the selection, one op (and one autograd node) for the whole loss:
+  //   per anchor z = margin + pos_dist - neg_dist (float32, float64 for float64 x), loss =
+  //   softplus(z) if soft else max(0, z), reduced by "mean" | "sum" | "none" -> 0-d or [N], in x's
+  //   dtype. Its kernels are those of triplet_select_forward (csrc/autograd/triplet_select.cpp).
+  m.def(
+      "triplet_loss(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, bool self_reference, "
+      "int k, int p, bool squared, float margin, bool soft, str reduction) -> Tensor");
 
   // Adaptive-margin pairwise loss, see reidfast/ops/adaptive_margin.py.
   //   x [N, D], labels [N] int64 (at least one positive and one negative pair), mu, gamma > 0,

@@ -147,12 +147,14 @@ class OpBackends:
         self.op = op
         self.triton_name = triton_name or op  # the op's name in reidfast.kernels.supported
         self.kernels: dict[str, torch._ops.OpOverload] = {}
+        self._implemented: tuple[str, ...] = ("reference",)
 
     def add(self, name: str, kernel) -> None:
         """Registers `kernel` as the op's forward on backend `name`."""
         if name not in BACKENDS or name == "reference":
             raise ValueError(f"{self.op}: cannot register a kernel for backend {name!r}")
         self.kernels[name] = kernel
+        self._implemented = ("reference",) + tuple(backend for backend in BACKENDS if backend in self.kernels)
 
     def add_triton(self, op_name: str, launcher) -> torch._ops.OpOverload:
         """Registers a Triton launcher (every argument and the result annotated with torch types) as
@@ -162,7 +164,7 @@ class OpBackends:
 
     def implemented(self) -> tuple[str, ...]:
         """Backends with a kernel for this op in this build, in BACKENDS order."""
-        return ("reference",) + tuple(name for name in BACKENDS if name in self.kernels)
+        return self._implemented
 
     def choose(self, backend: str | None, x: torch.Tensor, limit: Limit | None = None) -> str:
         """The backend that runs this call on x's device and dtype.

@@ -32,6 +32,7 @@
 // nothing more.
 #include "../distance.h"
 #include "../reduction.h"
+#include "lanes.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -115,49 +116,6 @@ double ordered_sum(const std::vector<double>& per_row) {
   return total;
 }
 
-// Lanes of the pair loops: GCC/Clang vector types of 16 bytes (SSE2 on x86-64, NEON on Arm: the
-// baseline the extension is built for), with an integer mask type of the same width. Identities
-// are dense ids of the mask's element width, so a comparison of ids is a lane mask; hinges and sign
-// choices are selects, not branches (the hinge of a negative pair is data-dependent, so a branch
-// would mispredict about half the time).
-template <typename acc_t>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  using Value = float __attribute__((vector_size(16)));
-  using Mask = int32_t __attribute__((vector_size(16)));
-  using Id = int32_t;
-};
-template <>
-struct Lanes<double> {
-  using Value = double __attribute__((vector_size(16)));
-  using Mask = int64_t __attribute__((vector_size(16)));
-  using Id = int64_t;
-};
-
-template <typename acc_t>
-constexpr int64_t kWidth = sizeof(typename Lanes<acc_t>::Value) / sizeof(acc_t);
-
-template <typename Mask, typename Value>
-inline Value select(Mask mask, Value a, Value b) {
-  return reinterpret_cast<Value>((mask & reinterpret_cast<Mask>(a)) | (~mask & reinterpret_cast<Mask>(b)));
-}
-
-// `count` (<= the vector's width) elements from `data`, the other lanes `fill`.
-template <typename Vector, typename T>
-inline Vector load_lanes(const T* data, int64_t count, T fill) {
-  Vector v;
-  if (count * static_cast<int64_t>(sizeof(T)) == static_cast<int64_t>(sizeof(Vector))) {
-    std::memcpy(&v, data, sizeof(Vector));
-    return v;
-  }
-  T lanes[sizeof(Vector) / sizeof(T)];
-  std::fill(std::begin(lanes), std::end(lanes), fill);
-  std::copy_n(data, count, lanes);
-  std::memcpy(&v, lanes, sizeof(Vector));
-  return v;
-}
-
 // Identities as dense ids 0 .. #identities - 1 (in label order).
 template <typename Id>
 std::vector<Id> dense_identities(const at::Tensor& labels) {
@@ -209,16 +167,6 @@ struct RowPairs {
   }
 };
 
-// Adds the lanes in order into `total` and resets them: per chunk of kChunk columns, so that the
-// lanes stay accurate and the result does not depend on the thread count.
-template <typename Value>
-inline void fold_lanes(Value& lanes, double& total) {
-  for (int64_t lane = 0; lane < static_cast<int64_t>(sizeof(Value) / sizeof(lanes[0])); ++lane) {
-    total += lanes[lane];
-  }
-  lanes = Value{};
-}
-
 // Pass 1 on one row: sum of the positive pairs' distances, their count, sum of the negatives'.
 template <typename acc_t>
 void row_sums(const RowPairs<acc_t>& row, double& pos_sum, double& pos_count, double& neg_sum) {
@@ -268,36 +216,13 @@ void row_terms(const RowPairs<acc_t>& row, acc_t mp, acc_t mn, acc_t pos_coef, a
   }
 }
 
-template <typename acc_t>
-at::Tensor squared_norms(const at::Tensor& x) {
-  const int64_t n = x.size(0), dim = x.size(1);
-  at::Tensor norms = at::empty({n}, x.options());
-  const acc_t* data = x.const_data_ptr<acc_t>();
-  acc_t* out = norms.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      using Value = typename Lanes<acc_t>::Value;
-      const acc_t* row = data + i * dim;
-      Value lanes{};
-      for (int64_t k = 0; k < dim; k += kWidth<acc_t>) {
-        const Value v = load_lanes<Value>(row + k, std::min(kWidth<acc_t>, dim - k), acc_t(0));
-        lanes += v * v;
-      }
-      double total = 0;
-      fold_lanes(lanes, total);
-      out[i] = static_cast<acc_t>(total);
-    }
-  });
-  return norms;
-}
-
 // Mirrors the single tile's coefficients T (upper triangle) into the lower triangle and puts
 // -rowsum(T) on the diagonal, so that grad x = T x.
 template <typename acc_t>
 void symmetrize_with_diagonal(at::Tensor& coefficients) {
   const int64_t n = coefficients.size(0);
   acc_t* t = coefficients.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, rows_per_task(n), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       acc_t* row = t + j * n;
       acc_t total = 0;
@@ -351,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_margin_impl(
   const auto for_each_row = [&](const Tile& t, const at::Tensor& dots, const auto& visit) {
     acc_t* dots_ptr = dots.mutable_data_ptr<acc_t>();
     const int64_t stride = dots.stride(0);
-    at::parallel_for(0, t.rows, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, t.rows, rows_per_task(t.cols), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = balanced_row(task, t.rows);
         const int64_t i = t.row_begin + r;

@@ -6,10 +6,13 @@
 // usually one tile): one matrix multiply (at::mm_out, with all of ATen's threads) gives a tile's
 // dot products; then at::parallel_for spreads the tile's anchor rows over the threads, each forming
 // its row's distances in a contiguous buffer (a loop the compiler vectorises) and offering them to
-// the anchor's running selections (csrc/triplet_select.h: the k largest positives, the p smallest
-// negatives), which reject most candidates with one comparison once full. Memory beyond the
-// inputs is one tile plus (k + p) candidates per anchor of a tile: the N x M distance matrix is
-// not materialised, so memory banks of any size work.
+// the anchor's selections: for k = p = 1 (batch-hard) a branch-free scan on vector lanes
+// (BestSelections), otherwise running selections (csrc/triplet_select.h: the k largest positives,
+// the p smallest negatives), which reject most candidates with one comparison once full. Small
+// loops stay on the calling thread (csrc/cpu/lanes.h's grain). Memory beyond the inputs is one
+// tile plus (k + p) candidates per anchor of a tile: the N x M distance matrix is not
+// materialised, so memory banks of any size work. The op's autograd is registered in C++
+// (csrc/autograd/triplet_select.cpp), with the fused loss op.
 //
 // Backward. For a selected pair (i, j) with distance d and incoming gradient g, the coefficient
 // c = g / d (2 g when squared; 0 for the anchor's own pair, a clamped or NaN distance, or a missing
@@ -36,6 +39,7 @@
 // a total order). Sizes and indices are int64 throughout (a bank of any M).
 #include "../distance.h"
 #include "../triplet_select.h"
+#include "lanes.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -43,35 +47,19 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/pow.h>
-#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
-#include <memory>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace reidfast::cpu {
 namespace {
-
-// The selections of one anchor: up to k positives and p negatives, best first.
-template <typename acc_t>
-struct AnchorSelections {
-  std::vector<acc_t> pos_dist, neg_dist;
-  std::vector<int64_t> pos_index, neg_index;
-  RunningSelection<true, acc_t> pos;
-  RunningSelection<false, acc_t> neg;
-  AnchorSelections(int k, int p)
-      : pos_dist(k), neg_dist(p), pos_index(k), neg_index(p),
-        pos(pos_dist.data(), pos_index.data(), k),
-        neg(neg_dist.data(), neg_index.data(), p) {}
-  AnchorSelections(const AnchorSelections&) = delete;
-  AnchorSelections& operator=(const AnchorSelections&) = delete;
-};
 
 struct SelectInputs {
   at::Tensor x, ref, x_norm, ref_norm, labels, ref_labels;  // contiguous, x and ref in acc_t
@@ -79,10 +67,10 @@ struct SelectInputs {
   int k, p;  // the selections' capacities: min(k, M) and min(p, M)
 };
 
-// Offers row i's candidates among reference rows [col_begin, col_begin + cols) to its selections.
+// Row i's distances to reference rows [col_begin, col_begin + cols), from the tile's dot products.
 template <typename acc_t>
-void offer_row(const SelectInputs& in, const acc_t* row_dots, int64_t i, int64_t col_begin,
-               int64_t cols, acc_t* dist, AnchorSelections<acc_t>& sel) {
+void row_distances(const SelectInputs& in, const acc_t* row_dots, int64_t i, int64_t col_begin,
+                   int64_t cols, acc_t* dist) {
   const acc_t norm_i = in.x_norm.const_data_ptr<acc_t>()[i];
   const acc_t* norm_j = in.ref_norm.const_data_ptr<acc_t>() + col_begin;
   for (int64_t c = 0; c < cols; ++c) {
@@ -90,18 +78,179 @@ void offer_row(const SelectInputs& in, const acc_t* row_dots, int64_t i, int64_t
     dist[c] = in.squared ? square : std::sqrt(square);
   }
   if (in.self_reference && i >= col_begin && i < col_begin + cols) dist[i - col_begin] = acc_t(0);
-  const int64_t label = in.labels.const_data_ptr<int64_t>()[i];
-  const int64_t* ref_labels = in.ref_labels.const_data_ptr<int64_t>() + col_begin;
-  for (int64_t c = 0; c < cols; ++c) {
-    if (ref_labels[c] == label) {
-      sel.pos.offer(dist[c], col_begin + c);
-    } else {
-      sel.neg.offer(dist[c], col_begin + c);
-    }
-  }
 }
 
+// The running selections of a tile's anchors, for any k and p: up to k positives and p negatives
+// per anchor, best first, in flat buffers (csrc/triplet_select.h's insertion rule).
 template <typename acc_t>
+class RankedSelections {
+ public:
+  RankedSelections(const SelectInputs& in, int64_t rows)
+      : RankedSelections(rows, in.k, in.p) {}
+
+  void offer(const SelectInputs& in, int64_t r, int64_t i, const acc_t* dist, int64_t col_begin,
+             int64_t cols) {
+    const int64_t label = in.labels.const_data_ptr<int64_t>()[i];
+    const int64_t* ref_labels = in.ref_labels.const_data_ptr<int64_t>() + col_begin;
+    RunningSelection<true, acc_t>& pos = pos_[r];
+    RunningSelection<false, acc_t>& neg = neg_[r];
+    for (int64_t c = 0; c < cols; ++c) {
+      if (ref_labels[c] == label) {
+        pos.offer(dist[c], col_begin + c);
+      } else {
+        neg.offer(dist[c], col_begin + c);
+      }
+    }
+  }
+
+  void write(int64_t r, acc_t* pos_dist, int64_t* pos_index, acc_t* neg_dist,
+             int64_t* neg_index) const {
+    *pos_dist = pos_[r].selected_dist();
+    *pos_index = pos_[r].selected_index();
+    *neg_dist = neg_[r].selected_dist();
+    *neg_index = neg_[r].selected_index();
+  }
+
+ private:
+  RankedSelections(int64_t rows, int k, int p)
+      : pos_dist_(rows * k), neg_dist_(rows * p), pos_index_(rows * k), neg_index_(rows * p) {
+    pos_.reserve(rows);
+    neg_.reserve(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      pos_.emplace_back(pos_dist_.data() + r * k, pos_index_.data() + r * k, k);
+      neg_.emplace_back(neg_dist_.data() + r * p, neg_index_.data() + r * p, p);
+    }
+  }
+
+  std::vector<acc_t> pos_dist_, neg_dist_;
+  std::vector<int64_t> pos_index_, neg_index_;
+  std::vector<RunningSelection<true, acc_t>> pos_;
+  std::vector<RunningSelection<false, acc_t>> neg_;
+};
+
+// Identities in the lanes' id type (csrc/cpu/lanes.h): int32 for float distances, so that a
+// comparison of ids is a mask of the distances' width. Empty when a label does not fit the type.
+template <typename acc_t>
+std::vector<typename Lanes<acc_t>::Id> lane_ids(const at::Tensor& labels) {
+  using Id = typename Lanes<acc_t>::Id;
+  const int64_t* label = labels.const_data_ptr<int64_t>();
+  std::vector<Id> ids(labels.size(0));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (label[i] < std::numeric_limits<Id>::min() || label[i] > std::numeric_limits<Id>::max()) {
+      return {};
+    }
+    ids[i] = static_cast<Id>(label[i]);
+  }
+  return ids;
+}
+
+// k = p = 1 (batch-hard, the common case): each anchor's best positive and negative. A row is
+// scanned on vector lanes, each keeping the best candidate of its columns with selects (no
+// branches); the lanes' winners are then merged by the ranking rule. The lanes' comparisons are
+// the rule for finite distances only: a row holding a NaN or inf distance, or labels that do not
+// fit the lanes' ids, is scanned one candidate at a time under the full rule.
+template <typename acc_t>
+class BestSelections {
+ public:
+  BestSelections(const SelectInputs& in, int64_t rows)
+      : ids_(lane_ids<acc_t>(in.labels)),
+        ref_ids_(in.self_reference || ids_.empty() ? ids_ : lane_ids<acc_t>(in.ref_labels)),
+        pos_dist_(rows), neg_dist_(rows), pos_index_(rows, -1), neg_index_(rows, -1) {
+    if (ref_ids_.empty()) ids_.clear();
+  }
+
+  void offer(const SelectInputs& in, int64_t r, int64_t i, const acc_t* dist, int64_t col_begin,
+             int64_t cols) {
+    if (ids_.empty() || !offer_finite(r, dist, ids_[i], ref_ids_.data() + col_begin, col_begin, cols)) {
+      offer_exact(r, dist, in.labels.const_data_ptr<int64_t>()[i],
+                  in.ref_labels.const_data_ptr<int64_t>() + col_begin, col_begin, cols);
+    }
+  }
+
+  void write(int64_t r, acc_t* pos_dist, int64_t* pos_index, acc_t* neg_dist,
+             int64_t* neg_index) const {
+    *pos_dist = pos_index_[r] < 0 ? -kInf : pos_dist_[r];
+    *pos_index = pos_index_[r];
+    *neg_dist = neg_index_[r] < 0 ? kInf : neg_dist_[r];
+    *neg_index = neg_index_[r];
+  }
+
+ private:
+  using L = Lanes<acc_t>;
+  using Id = typename L::Id;
+  static constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+
+  // The lanes' scan; false (nothing recorded) when the row has a non-finite distance.
+  bool offer_finite(int64_t r, const acc_t* dist, Id id, const Id* ref_ids, int64_t col_begin,
+                    int64_t cols) {
+    using Value = typename L::Value;
+    using Mask = typename L::Mask;
+    constexpr int64_t width = kWidth<acc_t>;
+    const Value inf = Value{} + kInf;
+    // Per lane, the best positive (largest) and negative (smallest) distance and its column; a
+    // later column replaces a lane's best only when strictly better, as the rule's tie break.
+    Value pos_d = -inf, neg_d = inf, probe{};
+    Mask pos_c = Mask{} - 1, neg_c = Mask{} - 1, column;
+    for (int64_t lane = 0; lane < width; ++lane) column[lane] = lane;
+    const int64_t full = cols - cols % width;
+    for (int64_t c = 0; c < full; c += width, column += width) {
+      Value d;
+      Mask ids;
+      std::memcpy(&d, dist + c, sizeof(d));
+      std::memcpy(&ids, ref_ids + c, sizeof(ids));
+      probe += d * acc_t(0);  // NaN once a NaN or inf distance is seen
+      const Mask same = ids == id;
+      const Value as_pos = select(same, d, -inf), as_neg = select(same, inf, d);
+      const Mask pos_better = as_pos > pos_d, neg_better = as_neg < neg_d;
+      pos_d = select(pos_better, as_pos, pos_d);
+      pos_c = select(pos_better, column, pos_c);
+      neg_d = select(neg_better, as_neg, neg_d);
+      neg_c = select(neg_better, column, neg_c);
+    }
+    acc_t finite = 0;
+    for (int64_t lane = 0; lane < width; ++lane) finite += probe[lane];
+    for (int64_t c = full; c < cols; ++c) finite += dist[c] * acc_t(0);
+    if (finite != finite) return false;
+    for (int64_t lane = 0; lane < width; ++lane) {
+      merge<true>(pos_d[lane], pos_c[lane], col_begin, pos_dist_[r], pos_index_[r]);
+      merge<false>(neg_d[lane], neg_c[lane], col_begin, neg_dist_[r], neg_index_[r]);
+    }
+    for (int64_t c = full; c < cols; ++c) {
+      if (ref_ids[c] == id) {
+        merge<true>(dist[c], c, col_begin, pos_dist_[r], pos_index_[r]);
+      } else {
+        merge<false>(dist[c], c, col_begin, neg_dist_[r], neg_index_[r]);
+      }
+    }
+    return true;
+  }
+
+  void offer_exact(int64_t r, const acc_t* dist, int64_t label, const int64_t* ref_labels,
+                   int64_t col_begin, int64_t cols) {
+    for (int64_t c = 0; c < cols; ++c) {
+      if (ref_labels[c] == label) {
+        merge<true>(dist[c], c, col_begin, pos_dist_[r], pos_index_[r]);
+      } else {
+        merge<false>(dist[c], c, col_begin, neg_dist_[r], neg_index_[r]);
+      }
+    }
+  }
+
+  // Merges candidate (d, column c of the tile at col_begin; none if c < 0) into an anchor's best
+  // by the ranking rule.
+  template <bool kLargest>
+  static void merge(acc_t d, int64_t c, int64_t col_begin, acc_t& best, int64_t& best_index) {
+    if (c < 0) return;
+    const int64_t j = col_begin + c;
+    if (best_index < 0 || ranks_before<kLargest>(d, j, best, best_index)) best = d, best_index = j;
+  }
+
+  std::vector<Id> ids_, ref_ids_;
+  std::vector<acc_t> pos_dist_, neg_dist_;
+  std::vector<int64_t> pos_index_, neg_index_;
+};
+
+template <typename acc_t, template <typename> class Selections>
 void select_all(const SelectInputs& in, acc_t* pos_out, acc_t* neg_out, int64_t* pos_index_out,
                 int64_t* neg_index_out) {
   const int64_t n = in.x.size(0), m = in.ref.size(0);
@@ -111,8 +260,7 @@ void select_all(const SelectInputs& in, acc_t* pos_out, acc_t* neg_out, int64_t*
   at::Tensor dots = at::empty({tile_rows, tile_cols}, in.x.options());
   for (int64_t row_begin = 0; row_begin < n; row_begin += tile_rows) {
     const int64_t rows = std::min(tile_rows, n - row_begin);
-    std::vector<std::unique_ptr<AnchorSelections<acc_t>>> anchors(rows);
-    for (auto& anchor : anchors) anchor = std::make_unique<AnchorSelections<acc_t>>(in.k, in.p);
+    Selections<acc_t> selections(in, rows);
     const at::Tensor x_rows = in.x.narrow(0, row_begin, rows);
     for (int64_t col_begin = 0; col_begin < m; col_begin += tile_cols) {
       const int64_t cols = std::min(tile_cols, m - col_begin);
@@ -120,19 +268,18 @@ void select_all(const SelectInputs& in, acc_t* pos_out, acc_t* neg_out, int64_t*
       at::mm_out(tile, x_rows, in.ref.narrow(0, col_begin, cols).t());
       const acc_t* tile_ptr = tile.const_data_ptr<acc_t>();
       const int64_t tile_stride = tile.stride(0);
-      at::parallel_for(0, rows, 1, [&](int64_t r_begin, int64_t r_end) {
+      at::parallel_for(0, rows, rows_per_task(cols), [&](int64_t r_begin, int64_t r_end) {
         std::vector<acc_t> dist(cols);
         for (int64_t r = r_begin; r < r_end; ++r) {
-          offer_row(in, tile_ptr + r * tile_stride, row_begin + r, col_begin, cols, dist.data(),
-                    *anchors[r]);
+          const int64_t i = row_begin + r;
+          row_distances(in, tile_ptr + r * tile_stride, i, col_begin, cols, dist.data());
+          selections.offer(in, r, i, dist.data(), col_begin, cols);
         }
       });
     }
     for (int64_t r = 0; r < rows; ++r) {
-      pos_out[row_begin + r] = anchors[r]->pos.selected_dist();
-      pos_index_out[row_begin + r] = anchors[r]->pos.selected_index();
-      neg_out[row_begin + r] = anchors[r]->neg.selected_dist();
-      neg_index_out[row_begin + r] = anchors[r]->neg.selected_index();
+      const int64_t i = row_begin + r;
+      selections.write(r, pos_out + i, pos_index_out + i, neg_out + i, neg_index_out + i);
     }
   }
 }
@@ -190,35 +337,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_select_forwar
     // require grad.
     in.x = x_in.detach().to(acc_type).contiguous();
     in.ref = self_reference ? in.x : ref_in.detach().to(acc_type).contiguous();
-    in.x_norm = in.x.pow(2).sum(1);
-    in.ref_norm = self_reference ? in.x_norm : in.ref.pow(2).sum(1);
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "triplet_select_norms", [&] {
+      in.x_norm = squared_norms<scalar_t>(in.x);
+      in.ref_norm = self_reference ? in.x_norm : squared_norms<scalar_t>(in.ref);
+    });
     in.labels = labels_in.contiguous();
     in.ref_labels = ref_labels_in.contiguous();
     in.self_reference = self_reference;
     in.squared = squared;
     AT_DISPATCH_FLOATING_TYPES(acc_type, "triplet_select_forward_cpu", [&] {
-      select_all<scalar_t>(in, pos_dist.mutable_data_ptr<scalar_t>(),
-                           neg_dist.mutable_data_ptr<scalar_t>(),
-                           pos_index.mutable_data_ptr<int64_t>(),
-                           neg_index.mutable_data_ptr<int64_t>());
+      const auto select = in.k == 1 && in.p == 1 ? &select_all<scalar_t, BestSelections>
+                                                 : &select_all<scalar_t, RankedSelections>;
+      select(in, pos_dist.mutable_data_ptr<scalar_t>(), neg_dist.mutable_data_ptr<scalar_t>(),
+             pos_index.mutable_data_ptr<int64_t>(), neg_index.mutable_data_ptr<int64_t>());
     });
   }
   return {pos_dist.to(x_in.scalar_type()), neg_dist.to(x_in.scalar_type()), pos_index, neg_index};
 }
 
 // Whether `count` values hold no NaN or inf: v * 0 is 0 for a finite v and NaN otherwise, summed
-// in independent lanes that the compiler vectorises (a read of the data, nothing more).
+// on vector lanes in kChains independent sums (a read of the data, nothing more).
 template <typename acc_t, typename scalar_t>
 bool all_finite(const scalar_t* data, int64_t count) {
-  constexpr int64_t kLanes = 8;
-  acc_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) {
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(data[i + j]) * acc_t(0);
-  }
-  for (; i < count; ++i) lanes[0] += static_cast<acc_t>(data[i]) * acc_t(0);
   acc_t total = 0;
-  for (const acc_t lane : lanes) total += lane;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    using Value = typename Lanes<acc_t>::Value;
+    constexpr int64_t kChains = 4, kStep = kChains * kWidth<acc_t>;
+    Value lanes[kChains] = {};
+    for (; i + kStep <= count; i += kStep) {
+      for (int64_t chain = 0; chain < kChains; ++chain) {
+        Value v;
+        std::memcpy(&v, data + i + chain * kWidth<acc_t>, sizeof(v));
+        lanes[chain] += v * acc_t(0);
+      }
+    }
+    for (const Value& chain : lanes) {
+      for (int64_t lane = 0; lane < kWidth<acc_t>; ++lane) total += chain[lane];
+    }
+  }
+  for (; i < count; ++i) total += static_cast<acc_t>(data[i]) * acc_t(0);
   return total == total;
 }
 
@@ -287,15 +445,27 @@ void nan_where_uncovered(const other_t* other, int64_t other_rows, int64_t d, in
 
 // One row's gradient, written to out [D]: (sum of c) own - sum of c other over the row's live
 // pairs, which for_each_pair(visit) passes to visit(c, other) (the form of the reference's
-// gradient, see the file header).
-template <typename acc_t, typename own_t, typename ForEachPair>
-void row_gradient(const own_t* own, int64_t d, const ForEachPair& for_each_pair, acc_t* out) {
+// gradient, see the file header). Each block of kBlock columns is summed in registers over the
+// row's pairs and stored once, in out's dtype.
+template <typename acc_t, typename own_t, typename out_t, typename ForEachPair>
+void row_gradient(const own_t* own, int64_t d, const ForEachPair& for_each_pair, out_t* out) {
+  constexpr int64_t kBlock = 16;
   acc_t total = 0;
   for_each_pair([&](acc_t c, const auto*) { total += c; });
-  for (int64_t t = 0; t < d; ++t) out[t] = total * static_cast<acc_t>(own[t]);
-  for_each_pair([&](acc_t c, const auto* other) {
-    for (int64_t t = 0; t < d; ++t) out[t] -= c * static_cast<acc_t>(other[t]);
-  });
+  // size: kBlock as a compile-time constant (the loops unroll into registers), or the tail.
+  const auto gradient_block = [&](int64_t begin, auto size) {
+    acc_t block[kBlock];
+    for (int64_t t = 0; t < size; ++t) block[t] = total * static_cast<acc_t>(own[begin + t]);
+    for_each_pair([&](acc_t c, const auto* other) {
+      for (int64_t t = 0; t < size; ++t) block[t] -= c * static_cast<acc_t>(other[begin + t]);
+    });
+    for (int64_t t = 0; t < size; ++t) out[begin + t] = static_cast<out_t>(block[t]);
+  };
+  int64_t begin = 0;
+  for (; begin + kBlock <= d; begin += kBlock) {
+    gradient_block(begin, std::integral_constant<int64_t, kBlock>{});
+  }
+  if (begin < d) gradient_block(begin, d - begin);
 }
 
 struct BackwardShape {
@@ -339,34 +509,34 @@ void backward_all(const BackwardShape& s, const acc_t* grad_pos, const acc_t* gr
     }
   };
 
-  // Anchors' terms, and whether x is finite (read while its rows are in the cache).
+  // Against itself, row t of x is an anchor and a partner: its gradient sums both kinds of pairs.
+  // Against a bank, the partners' terms are grad_ref (computed only when asked for).
+  if (s.self_reference || s.ref_grad) pairs.group_by_partner(m);
+  const auto x_row_pairs = [&](int64_t t, const auto& visit) {
+    anchor_pairs(t, visit);
+    if (s.self_reference) partner_pairs(t, visit);
+  };
+  // grad_x, and whether x is finite (read while its rows are in the cache).
+  // A row's work: its pairs' passes over D (two pairs per anchor, about as many as partner).
+  const int64_t row_work = 4 * d;
   const bool x_finite = at::parallel_reduce(
-      0, n, 16, true,
+      0, n, rows_per_task(row_work), true,
       [&](int64_t begin, int64_t end, bool finite) {
         for (int64_t i = begin; i < end; ++i) {
           finite = all_finite<acc_t>(x + i * d, d) && finite;
-          row_gradient(x + i * d, d, [&](const auto& visit) { anchor_pairs(i, visit); }, grad_x + i * d);
+          row_gradient<acc_t>(x + i * d, d, [&](const auto& visit) { x_row_pairs(i, visit); }, grad_x + i * d);
         }
         return finite;
       },
       std::logical_and<bool>());
-
-  // Partners' terms: against itself they add to grad_x, against a bank they are grad_ref
-  // (computed only when asked for).
-  if (s.self_reference || s.ref_grad) {
-    pairs.group_by_partner(m);
-    at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(d);
+  if (s.ref_grad) {
+    at::parallel_for(0, m, rows_per_task(row_work), [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const bool chosen = pairs.start[j] != pairs.start[j + 1];
-        if (chosen) row_gradient(ref + j * d, d, [&](const auto& visit) { partner_pairs(j, visit); }, row.data());
-        if (s.self_reference) {
-          if (!chosen) continue;
-          acc_t* out = grad_x + j * d;
-          for (int64_t t = 0; t < d; ++t) out[t] += row[t];
+        ref_t* out = grad_ref + j * d;
+        if (pairs.start[j] == pairs.start[j + 1]) {
+          std::fill(out, out + d, ref_t(0));
         } else {
-          ref_t* out = grad_ref + j * d;
-          for (int64_t t = 0; t < d; ++t) out[t] = chosen ? static_cast<ref_t>(row[t]) : ref_t(0);
+          row_gradient<acc_t>(ref + j * d, d, [&](const auto& visit) { partner_pairs(j, visit); }, out);
         }
       }
     });
@@ -376,7 +546,7 @@ void backward_all(const BackwardShape& s, const acc_t* grad_pos, const acc_t* gr
   const bool ref_finite =
       s.self_reference ||
       at::parallel_reduce(
-          0, m, std::max<int64_t>(1, 32768 / std::max<int64_t>(d, 1)), true,
+          0, m, rows_per_task(d), true,
           [&](int64_t begin, int64_t end, bool finite) {
             return all_finite<acc_t>(ref + begin * d, (end - begin) * d) && finite;
           },

@@ -136,32 +136,37 @@ def _check_args(x, labels, mu, gamma, reduction, return_margins) -> None:
 
 
 def _check_pairs(labels: torch.Tensor) -> None:
-    """The batch has a positive pair and a negative pair (reads the labels on the host)."""
-    ordered = labels.sort().values  # [N]
-    repeated, distinct = (ordered[1:] == ordered[:-1]).any(), (ordered[:1] != ordered[-1:]).any()
-    has_positive, has_negative = torch.stack([repeated, distinct]).tolist()  # one read on the host
-    if not has_positive:
+    """The batch has a positive pair and a negative pair (reads the labels on the host once: a
+    batch's few hundred labels cost less as a Python set than as tensor ops)."""
+    values = labels.tolist()
+    identities = len(set(values))
+    if identities == len(values):
         raise ValueError(
             f"labels: the batch has no positive pair (all {labels.shape[0]} labels differ); the "
             "adaptive-margin loss needs identities with at least two images: use an identity-"
             "balanced sampler (A anchors, each with positives and negatives)"
         )
-    if not has_negative:
+    if identities == 1:
         raise ValueError(
-            f"labels: the batch has no negative pair (every label is {labels[0].item()}); the "
+            f"labels: the batch has no negative pair (every label is {values[0]}); the "
             "adaptive-margin loss needs at least two identities: use an identity-balanced sampler"
         )
 
 
-def _register(forward_op) -> None:
-    """Fake kernel and autograd of one registered forward op. The forward returns the gradient of
-    the loss with respect to x (computed with the hinge terms when asked), so backward scales it."""
+def _register_fake(forward_op) -> None:
+    """Fake kernel of a registered forward op (shapes for torch.compile)."""
 
     @torch.library.register_fake(forward_op)
     def _(x, labels, mu, gamma, reduction, compute_grad):
         acc = accumulation_dtype(x.dtype)
         grad_shape = x.shape if compute_grad else (0, x.shape[1])
         return x.new_empty((), dtype=acc), x.new_empty(4, dtype=acc), x.new_empty(grad_shape)
+
+
+def _register_python_autograd(forward_op) -> None:
+    """Autograd of the Triton forward op: the rule the extension registers in C++ for its own
+    forward op (csrc/autograd/adaptive_margin.cpp). The forward returns the gradient of the loss
+    with respect to x (computed with the hinge terms when asked), so backward scales it."""
 
     def setup_context(ctx, inputs, output):
         _, _, _, _, _, compute_grad = inputs
@@ -194,7 +199,8 @@ def _register(forward_op) -> None:
 _KERNELS = OpBackends("adaptive_margin_loss", triton_name="adaptive_margin")
 
 if _extension.LOAD_ERROR is None:
-    _register(torch.ops.reidfast.adaptive_margin_forward.default)
+    # Its autograd is registered in C++ by the extension.
+    _register_fake(torch.ops.reidfast.adaptive_margin_forward.default)
     _KERNELS.add("cpu", torch.ops.reidfast.adaptive_margin_forward.default)
     if _extension.has_kernel("adaptive_margin_forward", "CUDA"):
         _KERNELS.add("cuda", torch.ops.reidfast.adaptive_margin_forward.default)
@@ -203,5 +209,6 @@ if triton_installed():
     from reidfast.kernels import adaptive_margin as _triton_kernels
 
     _TRITON_FORWARD = _KERNELS.add_triton("adaptive_margin_forward_triton", _triton_kernels.adaptive_margin_forward)
-    _register(_TRITON_FORWARD)
+    _register_fake(_TRITON_FORWARD)
+    _register_python_autograd(_TRITON_FORWARD)
     _KERNELS.add("triton", _TRITON_FORWARD)

@@ -94,16 +94,22 @@ def triplet_select(
             under torch.compile it is not made, and such an anchor gets neg_dist = +inf (pos_dist
             = -inf) and index -1, so that its hinge or soft-margin loss is 0.
     """
-    self_reference = _check_select_args(x, labels, k, p, ref, ref_labels)
-    if ref is None:
-        ref, ref_labels = x, labels
-    labels, ref_labels = labels.long(), ref_labels.long()
-    if not torch.compiler.is_compiling():
-        _check_label_structure(labels, ref_labels, self_reference)
-    name = _KERNELS.choose(backend, x, lambda name: _limit(name, x.shape[0], ref.shape[0], k, p))
+    name, x, labels, ref, ref_labels, self_reference = _prepare(x, labels, k, p, ref, ref_labels, backend)
     if name == "reference":
         return _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
     return TripletSelection(*_KERNELS.kernels[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
+
+
+def _prepare(x, labels, k, p, ref, ref_labels, backend):
+    """Validates a selection's arguments and chooses its backend; returns (backend name, x,
+    labels as int64, ref, ref_labels as int64, whether x is selected against itself)."""
+    self_reference = _check_select_args(x, labels, k, p, ref, ref_labels)
+    labels = labels.long()
+    ref, ref_labels = (x, labels) if self_reference else (ref, ref_labels.long())
+    if not torch.compiler.is_compiling():
+        _check_label_structure(labels, ref_labels, self_reference)
+    name = _KERNELS.choose(backend, x, lambda name: _limit(name, x.shape[0], ref.shape[0], k, p))
+    return name, x, labels, ref, ref_labels, self_reference
 
 
 def _limit(name: str, n: int, m: int, k: int, p: int) -> str | None:
@@ -199,14 +205,20 @@ def triplet_loss(
         raise TypeError(f"soft must be a bool, got {type(soft).__name__} {soft!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    selection = triplet_select(
-        x, labels, k=k, p=p, squared=squared, ref=ref, ref_labels=ref_labels, backend=backend
-    )
+    name, x, labels, ref, ref_labels, self_reference = _prepare(x, labels, k, p, ref, ref_labels, backend)
+    if name in _FUSED_LOSS:
+        # The selection and the loss in one op and one autograd node (the same computation).
+        return _FUSED_LOSS[name](x, labels, ref, ref_labels, self_reference, k, p, squared, float(margin), soft, reduction)
+    if name == "reference":
+        selection = _reference_select(x, labels, ref, ref_labels, self_reference, k, p, squared)
+    else:
+        selection = TripletSelection(*_KERNELS.kernels[name](x, labels, ref, ref_labels, self_reference, k, p, squared))
     return _triplet_loss_from(selection, margin, soft, reduction).to(x.dtype)
 
 
 def _triplet_loss_from(selection: TripletSelection, margin: float, soft: bool, reduction: str):
-    """The loss of `triplet_loss` from a selection (float32 or float64)."""
+    """The loss of `triplet_loss` from a selection (float32 or float64): the specification of the
+    fused op reidfast::triplet_loss (csrc/autograd/triplet_select.cpp)."""
     acc = accumulation_dtype(selection.pos_dist.dtype)
     z = margin + selection.pos_dist.to(acc) - selection.neg_dist.to(acc)  # [N]
     losses = F.softplus(z) if soft else F.relu(z)
@@ -265,13 +277,26 @@ def _raise_no_negative(label: int, where: str) -> None:
     )
 
 
-def _register_forward(forward_op) -> None:
-    """Fake kernel and autograd of a registered forward op; its gradient is the backward op."""
+def _register_fake(forward_op) -> None:
+    """Fake kernel of a registered forward op (shapes for torch.compile)."""
 
     @torch.library.register_fake(forward_op)
     def _(x, labels, ref, ref_labels, self_reference, k, p, squared):
         n = x.shape[0]
         return x.new_empty(n), x.new_empty(n), labels.new_empty(n), labels.new_empty(n)
+
+
+def _register_loss_fake(loss_op) -> None:
+    """Fake kernel of the fused loss op."""
+
+    @torch.library.register_fake(loss_op)
+    def _(x, labels, ref, ref_labels, self_reference, k, p, squared, margin, soft, reduction):
+        return x.new_empty((x.shape[0],) if reduction == "none" else ())
+
+
+def _register_python_autograd(forward_op) -> None:
+    """Autograd of the Triton forward op, whose gradient is the backward op: the rule the
+    extension registers in C++ for its own forward op (csrc/autograd/triplet_select.cpp)."""
 
     def setup_context(ctx, inputs, output):
         x, _, ref, _, self_reference, _, _, squared = inputs
@@ -316,14 +341,20 @@ def _register_backward(backward_op) -> None:
 
 
 _KERNELS = OpBackends("triplet_select")
+# The backends whose selection kernel is also fused with the loss (reidfast::triplet_loss).
+_FUSED_LOSS: dict[str, torch._ops.OpOverload] = {}
 
 if _extension.LOAD_ERROR is None:
     _BACKWARD_OP = torch.ops.reidfast.triplet_select_backward.default
     _register_backward(_BACKWARD_OP)
-    _register_forward(torch.ops.reidfast.triplet_select_forward.default)
+    # Its autograd is registered in C++ by the extension.
+    _register_fake(torch.ops.reidfast.triplet_select_forward.default)
+    _register_loss_fake(torch.ops.reidfast.triplet_loss.default)
     _KERNELS.add("cpu", torch.ops.reidfast.triplet_select_forward.default)
+    _FUSED_LOSS["cpu"] = torch.ops.reidfast.triplet_loss.default
     if _extension.has_kernel("triplet_select_forward", "CUDA"):
         _KERNELS.add("cuda", torch.ops.reidfast.triplet_select_forward.default)
+        _FUSED_LOSS["cuda"] = torch.ops.reidfast.triplet_loss.default
 
 if triton_installed() and _extension.LOAD_ERROR is None:
     # The Triton forward shares the backward op (its CPU kernel serves the interpreter's CPU
@@ -331,5 +362,6 @@ if triton_installed() and _extension.LOAD_ERROR is None:
     from reidfast.kernels import triplet_select as _triton_kernels
 
     _TRITON_FORWARD = _KERNELS.add_triton("triplet_select_forward_triton", _triton_kernels.triplet_select_forward)
-    _register_forward(_TRITON_FORWARD)
+    _register_fake(_TRITON_FORWARD)
+    _register_python_autograd(_TRITON_FORWARD)
     _KERNELS.add("triton", _TRITON_FORWARD)
