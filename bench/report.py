@@ -27,7 +27,7 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (written by bench/report.py from bench/results; do not edit) -->"
 END = "<!-- benchmarks:end -->"
-BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython")
+BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,10 @@ HEADLINES = (
         "`evaluate` from Q x G x 2048 features, distances made and ranked chunk by chunk",
         "evaluate", None, ((3368, 15913, 2048), (11659, 82161, 2048)), (), pass_title="metric",
     ),
+    Headline(
+        "input pipeline: 1,024 synthetic JPEGs per run through each method's transforms, 2 DataLoader workers",
+        "data_pipeline", ("training",), ((256, 128), (384, 128)), (("torchreid", "vs torchreid's pipeline"),),
+    ),
 )
 
 
@@ -128,7 +132,8 @@ def benchmarks_md(results):
         "the same under `torch.compile`. For pyramid_pool, `stripes` is the best plain-PyTorch\n"
         "formulation; `read-x` is `x.sum()`, one read of the input (the memory floor of a forward\n"
         "pass); `copy-x` is `y.copy_(x)`, the copy bandwidth. `fastreid-cython` is fast-reid's\n"
-        "Cython `evaluate_cy`, built from its source package.\n\n" + body + "\n"
+        "Cython `evaluate_cy`, built from its source package. `torchreid` is torchreid's input pipeline\n"
+        "(PIL, per-image float transforms) built from torchvision.transforms.\n\n" + body + "\n"
     )
 
 

@@ -1,5 +1,7 @@
-"""Training utilities: the identity-balanced batch sampler the metric losses need."""
+"""Training utilities: the batch samplers of the metric losses (identity-balanced, Pyramid's
+switching between identity-balanced and random batches, the adaptive-margin paper's anchor-based
+units), resumable mid-epoch and split across distributed ranks."""
 
-from reidfast.training.samplers import IdentityBatchSampler
+from reidfast.training.samplers import AnchorBatchSampler, IdentityBatchSampler, SwitchingBatchSampler
 
-__all__ = ["IdentityBatchSampler"]
+__all__ = ["AnchorBatchSampler", "IdentityBatchSampler", "SwitchingBatchSampler"]
