@@ -18,6 +18,7 @@ from reidfast.ops.adaptive_margin import _KERNELS
 
 IDENTITY_SIZE = 4
 CASES = [(device, n, d) for device in ("cpu", "cuda") for n in (64, 256, 1024, 4096) for d in (128, 800, 2048)]
+LARGEST_N = 4096  # its cases are marked large: the smoke run leaves them out (bench/conftest.py)
 
 
 def implementations(device):
@@ -45,7 +46,9 @@ def make_inputs(device, n, d, requires_grad):
 
 
 PARAMS = [
-    pytest.param(device, n, d, impl, id=f"{device}-N{n}-D{d}-{impl}")
+    pytest.param(
+        device, n, d, impl, id=f"{device}-N{n}-D{d}-{impl}", marks=[pytest.mark.large] if n == LARGEST_N else []
+    )
     for device, n, d in CASES
     if device in devices()
     for impl in implementations(device)

@@ -26,6 +26,7 @@ IDENTITY_SIZE = 4  # P x K batches with K = 4 images per identity
 CASES = [
     (device, n, d, 0) for device in ("cpu", "cuda") for n in (64, 256, 1024, 4096) for d in (128, 2048)
 ] + [("cuda", 1024, 2048, 65536)]
+LARGEST_N = 4096  # its cases are marked large: the smoke run leaves them out (bench/conftest.py)
 
 
 def implementations(device, bank):
@@ -71,7 +72,10 @@ def make_inputs(device, n, d, bank, requires_grad):
 
 
 PARAMS = [
-    pytest.param(device, n, d, bank, impl, id=f"{device}-N{n}-D{d}{f'-bank{bank}' if bank else ''}-{impl}")
+    pytest.param(
+        device, n, d, bank, impl, id=f"{device}-N{n}-D{d}{f'-bank{bank}' if bank else ''}-{impl}",
+        marks=[pytest.mark.large] if n == LARGEST_N else [],
+    )
     for device, n, d, bank in CASES
     if device in devices()
     for impl in implementations(device, bank)

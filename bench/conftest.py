@@ -4,6 +4,10 @@
 bench/results/<device>.json (one file per device), each case under its pytest node id (file and
 test: `bench/bench_triplet_select.py::test_forward[...]`); a case run again replaces its earlier
 result. bench/report.py turns the files into BENCHMARKS.md and the README's benchmark section.
+
+`pytest bench/ --benchmark-disable` is the smoke run (every case once, untimed, as CI does); it
+leaves out the cases marked `large` (the largest sizes, seconds per call), which only a timed run
+needs.
 """
 
 import datetime
@@ -18,6 +22,15 @@ import reidfast
 from benchutil import device_name, merge_cases
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("benchmark_disable"):
+        return
+    skip = pytest.mark.skip(reason="a large case: runs with --benchmark-only")
+    for item in items:
+        if item.get_closest_marker("large") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture
