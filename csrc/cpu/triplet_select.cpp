@@ -88,6 +88,12 @@ class RankedSelections {
   RankedSelections(const SelectInputs& in, int64_t rows)
       : RankedSelections(rows, in.k, in.p) {}
 
+  // Empties every anchor's selections, for the next tile of anchor rows.
+  void reset() {
+    for (auto& selection : pos_) selection.size = 0;
+    for (auto& selection : neg_) selection.size = 0;
+  }
+
   void offer(const SelectInputs& in, int64_t r, int64_t i, const acc_t* dist, int64_t col_begin,
              int64_t cols) {
     const int64_t label = in.labels.const_data_ptr<int64_t>()[i];
@@ -157,6 +163,12 @@ class BestSelections {
         ref_ids_(in.self_reference || ids_.empty() ? ids_ : lane_ids<acc_t>(in.ref_labels)),
         pos_dist_(rows), neg_dist_(rows), pos_index_(rows, -1), neg_index_(rows, -1) {
     if (ref_ids_.empty()) ids_.clear();
+  }
+
+  // Empties every anchor's best (the identities are kept), for the next tile of anchor rows.
+  void reset() {
+    std::fill(pos_index_.begin(), pos_index_.end(), -1);
+    std::fill(neg_index_.begin(), neg_index_.end(), -1);
   }
 
   void offer(const SelectInputs& in, int64_t r, int64_t i, const acc_t* dist, int64_t col_begin,
@@ -258,9 +270,11 @@ void select_all(const SelectInputs& in, acc_t* pos_out, acc_t* neg_out, int64_t*
   const int64_t tile_rows = std::clamp<int64_t>(kCpuTileElements / std::max<int64_t>(m, 1), 1, n);
   const int64_t tile_cols = std::min(m, std::max<int64_t>(kCpuTileElements / tile_rows, 1));
   at::Tensor dots = at::empty({tile_rows, tile_cols}, in.x.options());
+  // Built once (lane identities, buffers), reset for each tile of anchor rows.
+  Selections<acc_t> selections(in, tile_rows);
   for (int64_t row_begin = 0; row_begin < n; row_begin += tile_rows) {
     const int64_t rows = std::min(tile_rows, n - row_begin);
-    Selections<acc_t> selections(in, rows);
+    selections.reset();
     const at::Tensor x_rows = in.x.narrow(0, row_begin, rows);
     for (int64_t col_begin = 0; col_begin < m; col_begin += tile_cols) {
       const int64_t cols = std::min(tile_cols, m - col_begin);
