@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
+#   bash dev.sh demo    set up, then run the demo: the synthetic set generated (cached in
+#                       data/synthetic-demo), Pyramid, PCB and a global baseline trained and
+#                       compared (runs/demo; arguments go to `reidfast demo`, e.g. --seeds 0 1 2)
 #   bash dev.sh bench   set up, then run the benchmark suite and print the comparison table
 #   bash dev.sh test    set up, then build the CMake library and run the test suite (the CPU
 #                       kernels with AVX2 variants also on their generic build: REIDFAST_CPU_ISA)
@@ -23,7 +26,7 @@ setup() {
   "$PYTHON" -m pip install --quiet $TORCH_SPEC
   "$PYTHON" -m pip install --quiet setuptools wheel ninja
   local stamp=$VENV/.reidfast-built
-  if [[ ! -f $stamp ]] || [[ -n "$(find csrc setup.py -newer "$stamp" -print -quit)" ]]; then
+  if [[ ! -f $stamp ]] || [[ -n "$(find csrc setup.py pyproject.toml -newer "$stamp" -print -quit)" ]]; then
     "$PYTHON" -m pip install --quiet --no-build-isolation -e ".[test]"
     touch "$stamp"
   fi
@@ -40,6 +43,11 @@ build_cmake() {
 }
 
 case "${1:-}" in
+  demo)
+    setup
+    shift
+    "$PYTHON" -m reidfast demo "$@"
+    ;;
   bench)
     setup
     # The suites also time the toolkits users switch from: pytorch-metric-learning, and
@@ -59,7 +67,7 @@ case "${1:-}" in
       -k "pyramid_pool" -q -p no:cacheprovider "$@"
     ;;
   *)
-    echo "usage: bash dev.sh {bench|test} [pytest arguments]" >&2
+    echo "usage: bash dev.sh {demo|bench|test} [arguments]" >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,7 @@ from reidfast.data import (
 )
 from reidfast.data.loader import SampleKey, Skipped, collate_batch
 from reidfast.data.synthetic import SyntheticReID
+from reidfast.training import IdentityBatchSampler
 
 from conftest import seed_for
 
@@ -149,15 +150,13 @@ def test_augmentation_independent_of_workers_and_resumable():
     dataset = _synthetic_dataset()
     plan = [[0, 5, 5, 9], [1, 2, 3, 4], [11, 10, 0, 7]]  # any fixed plan; a repeated index is fine
 
-    def images(num_workers, epoch=0, start_batch=0, seed=3, rank=0):
+    def images(num_workers, epoch=0, seed=3, rank=0):
         loader = build_train_loader(dataset, plan, seed=seed, rank=rank, num_workers=num_workers)
-        loader.batch_sampler.set_epoch(epoch, start_batch)
+        loader.batch_sampler.set_epoch(epoch)
         return [batch.images for batch in loader]
 
     reference = images(0)
     for got, want in zip(images(2), reference, strict=True):
-        assert torch.equal(got, want)
-    for got, want in zip(images(0, start_batch=1), reference[1:], strict=True):
         assert torch.equal(got, want)
     # Slots 1 and 2 of batch 0 are the same image: they get different augmentations.
     assert not torch.equal(reference[0][1], reference[0][2])
@@ -165,7 +164,35 @@ def test_augmentation_independent_of_workers_and_resumable():
         assert not torch.equal(other[0], reference[0])
 
 
-def test_seeded_batch_sampler_forwards_epochs():
+def _identity_loader(dataset, identities_per_batch=2, num_replicas=1, rank=0):
+    labels = [record.pid for record in dataset.records]
+    sampler = IdentityBatchSampler(labels, identities_per_batch, 2, seed=5, num_replicas=num_replicas, rank=rank)
+    return build_train_loader(dataset, sampler, seed=3, rank=rank, num_workers=0)
+
+
+def test_resumed_loader_repeats_the_rest_of_the_epoch():
+    dataset = _synthetic_dataset()
+    loader = _identity_loader(dataset)
+    loader.batch_sampler.set_epoch(1)
+    reference = [batch.images for batch in loader]
+    state = loader.batch_sampler.state_dict()
+    assert state["epoch"] == 1 and state["position"] == len(reference) == 2  # 4 identities, 2 per batch
+    resumed = _identity_loader(dataset)
+    resumed.batch_sampler.load_state_dict({**state, "position": 1})
+    resumed.batch_sampler.set_epoch(1)  # a loop calling set_epoch keeps the restored position
+    for got, want in zip([batch.images for batch in resumed], reference[1:], strict=True):
+        assert torch.equal(got, want)
+
+
+def test_distributed_ranks_draw_the_single_process_augmentations():
+    dataset = _synthetic_dataset()  # 4 identities of 3 images: one batch of 4 x 2 per epoch
+    (single,) = [batch.images for batch in _identity_loader(dataset, identities_per_batch=4)]
+    ranks = [[batch.images for batch in _identity_loader(dataset, 2, num_replicas=2, rank=r)] for r in (0, 1)]
+    assert [len(batches) for batches in ranks] == [1, 1]
+    assert torch.equal(torch.cat([ranks[0][0], ranks[1][0]]), single)
+
+
+def test_seeded_batch_sampler_forwards_epochs_and_refuses_state_without_a_resumable_sampler():
     class Inner:
         def __init__(self):
             self.epochs = []
@@ -181,11 +208,13 @@ def test_seeded_batch_sampler_forwards_epochs():
 
     inner = Inner()
     sampler = SeededBatchSampler(inner, seed=1)
-    sampler.set_epoch(2, start_batch=1)
+    sampler.set_epoch(2)
     keys = list(sampler)
-    assert inner.epochs == [2] and len(sampler) == 2
-    assert [[key.index for key in batch] for batch in keys] == [[2, 3], [4, 5]]
-    assert len({key.seed for batch in keys for key in batch}) == 4
+    assert inner.epochs == [2] and len(sampler) == 3
+    assert [[key.index for key in batch] for batch in keys] == [[0, 1], [2, 3], [4, 5]]
+    assert len({key.seed for batch in keys for key in batch}) == 6
+    with pytest.raises(TypeError, match="Inner has no state_dict"):
+        sampler.state_dict()
 
 
 def test_test_loader_keeps_order_and_batch_to():

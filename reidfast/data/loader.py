@@ -5,11 +5,12 @@ Records -> `ReIDImageDataset` (decode with torchvision.io to uint8, per-sample `
 `BatchTransform` (float, normalisation, random erasing); docs/methods.md section 9.
 
 Reproducible augmentation. A training loader's batch sampler is wrapped in `SeededBatchSampler`,
-which gives every item of every batch a seed drawn from (seed, rank, epoch, batch position, slot
-in the batch); the dataset draws that item's augmentation from a generator with that seed. So an
-image's augmentation does not depend on the number of workers or on which worker decoded it, and
-a run resumed at batch b of an epoch (`set_epoch(epoch, start_batch=b)`) sees exactly the
-augmentations the uninterrupted run saw.
+which gives every item of every batch a seed drawn from (seed, epoch, batch position, slot in the
+global batch); the dataset draws that item's augmentation from a generator with that seed. So an
+image's augmentation does not depend on the number of workers or on which worker decoded it; a
+run resumed at batch b of an epoch (the samplers' `load_state_dict`) sees exactly the
+augmentations the uninterrupted run saw; and a distributed run, whose ranks' batches concatenated
+are one single-process batch, sees the augmentations of that single-process run.
 
 Unreadable images. A missing file is a FileNotFoundError, a file that does not decode (truncated,
 empty, not an image) an `ImageReadError`, both naming the file; never a black image. With
@@ -209,15 +210,22 @@ def _mix(*values: int) -> int:
 class SeededBatchSampler(Sampler[list[SampleKey]]):
     """A batch sampler whose items carry their augmentation seed.
 
-    Yields the batches of `batch_sampler` with each index i at slot j of the epoch's batch b made
-    `SampleKey(i, seed')`, seed' a hash of (seed, rank, epoch, b, j). The inner sampler's plan must
-    be fixed by its epoch (IdentityBatchSampler's is; a BatchSampler over a RandomSampler is not,
-    unless the RandomSampler has a seeded generator).
+    Yields the batches of `batch_sampler` with the index i at slot j of the epoch's batch b made
+    `SampleKey(i, seed')`, seed' a hash of (seed, epoch, b, rank * len(batch) + j): the slot in the
+    global batch of a distributed run whose ranks draw equal-sized batches (the package's samplers
+    do), so ranks draw different augmentations and a run on R ranks draws those of one process
+    given the R ranks' batches concatenated. The inner sampler's plan must be fixed by its epoch
+    (the package's samplers' are; a BatchSampler over a RandomSampler is not, unless the
+    RandomSampler has a seeded generator).
+
+    Resuming: `state_dict(batches_consumed)` and `load_state_dict(state)` are the inner sampler's
+    (reidfast.training's samplers: the position in the epoch's plan), and the batches that follow
+    a restored position keep their numbers b, hence their seeds.
 
     Args:
         batch_sampler: yields lists of dataset indices; its `set_epoch`, if any, is called by ours.
         seed: the run's augmentation seed.
-        rank: the process's rank in distributed training (ranks draw different augmentations).
+        rank: the process's rank in distributed training.
     """
 
     def __init__(self, batch_sampler, seed: int = 0, rank: int = 0):
@@ -226,24 +234,43 @@ class SeededBatchSampler(Sampler[list[SampleKey]]):
         if not hasattr(batch_sampler, "__iter__"):
             raise TypeError(f"batch_sampler must be iterable, got {type(batch_sampler).__name__}")
         self.batch_sampler, self.seed, self.rank = batch_sampler, seed, rank
-        self.epoch, self.start_batch = 0, 0
+        self.epoch = 0
+        self._start = 0  # the number of the first batch the next iteration yields
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The next iteration yields epoch `epoch` from its batch `start_batch` on (to resume)."""
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration yields epoch `epoch`; as the package's samplers do, the current epoch
+        keeps a position restored by `load_state_dict`."""
         check_int("epoch", epoch, minimum=0)
-        check_int("start_batch", start_batch, minimum=0)
-        self.epoch, self.start_batch = epoch, start_batch
+        if epoch != self.epoch:
+            self.epoch, self._start = epoch, 0
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
 
+    def state_dict(self, batches_consumed: int | None = None) -> dict:
+        """The inner sampler's position (see reidfast.training.samplers)."""
+        return self._resumable().state_dict(batches_consumed)
+
+    def load_state_dict(self, state) -> None:
+        """Restores the inner sampler's position: the next iteration yields the rest of the epoch."""
+        self._resumable().load_state_dict(state)
+        self.epoch, self._start = state["epoch"], state["position"]
+
+    def _resumable(self):
+        if not (hasattr(self.batch_sampler, "state_dict") and hasattr(self.batch_sampler, "load_state_dict")):
+            raise TypeError(
+                f"batch_sampler {type(self.batch_sampler).__name__} has no state_dict/load_state_dict: use a "
+                "sampler of reidfast.training to resume mid-epoch"
+            )
+        return self.batch_sampler
+
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        for position, indices in enumerate(self.batch_sampler):
-            if position >= self.start_batch:
-                base = _mix(self.seed, self.rank, self.epoch, position)
-                yield [SampleKey(int(index), _mix(base, slot)) for slot, index in enumerate(indices)]
+        for position, indices in enumerate(self.batch_sampler, start=self._start):
+            base = _mix(self.seed, self.epoch, position)
+            first = self.rank * len(indices)
+            yield [SampleKey(int(index), _mix(base, first + slot)) for slot, index in enumerate(indices)]
 
     def __len__(self) -> int:
-        return max(len(self.batch_sampler) - self.start_batch, 0)
+        return len(self.batch_sampler)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.batch_sampler!r}, seed={self.seed}, rank={self.rank})"
@@ -273,8 +300,8 @@ def build_train_loader(dataset: ReIDImageDataset, batch_sampler, seed: int = 0, 
     BatchSampler over a seeded RandomSampler) wrapped in `SeededBatchSampler(batch_sampler, seed,
     rank)`, so that every item's augmentation is fixed by (seed, rank, epoch, position).
 
-    Call `loader.batch_sampler.set_epoch(epoch)` (or `set_epoch(epoch, start_batch)` to resume)
-    before each epoch. The DataLoader's own generator is seeded with `seed` too: anything a custom
+    Call `loader.batch_sampler.set_epoch(epoch)` before each epoch (and its `load_state_dict` to
+    resume mid-epoch). The DataLoader's own generator is seeded with `seed` too: anything a custom
     transform draws from torch's default generator is then reproducible for a fixed number of
     workers (torch seeds `random`, numpy and torch in each worker from it).
 

@@ -1,7 +1,7 @@
 """Backbones and whole Re-ID models; build_model() builds any of them by name."""
 
 from reidfast.models.adaptive_margin_net import AdaptiveMarginNet
-from reidfast.models.build import MODEL_NAMES, build_model
+from reidfast.models.build import MODEL_NAMES, build_model, model_class
 from reidfast.models.mgn import MGN
 from reidfast.models.osnet import OSNet, osnet_x1_0
 from reidfast.models.pcb import PCB
@@ -21,6 +21,7 @@ __all__ = [
     "Pyramid",
     "ResNetBackbone",
     "build_model",
+    "model_class",
     "osnet_x1_0",
     "resnet",
 ]

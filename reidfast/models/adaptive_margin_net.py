@@ -117,6 +117,8 @@ class AdaptiveMarginNet(nn.Module):
     Tensor[B, 800]. The embedding is [FC 400 output, part 1 .. part 4 second-FC outputs].
     """
 
+    backbone_modules = ()
+
     def __init__(
         self,
         num_classes: int = 0,

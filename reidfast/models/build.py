@@ -24,6 +24,13 @@ _MODELS = {
 MODEL_NAMES = tuple(_MODELS)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class `build_model(name, ...)` builds (to read its options' signature)."""
+    if name not in _MODELS:
+        raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
+    return _MODELS[name]
+
+
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """The model of method `name` for `num_classes` training identities.
 
@@ -38,11 +45,9 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         ValueError: `name` is not one of the names above.
         TypeError: an option the model does not take, named.
     """
-    if name not in _MODELS:
-        raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
-    model_class = _MODELS[name]
-    accepted = [option for option in inspect.signature(model_class).parameters if option != "num_classes"]
+    cls = model_class(name)
+    accepted = [option for option in inspect.signature(cls).parameters if option != "num_classes"]
     for option in options:
         if option not in accepted:
-            raise TypeError(f"build_model({name!r}): unknown option {option!r}; {model_class.__name__} takes {accepted}")
-    return model_class(num_classes, **options)
+            raise TypeError(f"build_model({name!r}): unknown option {option!r}; {cls.__name__} takes {accepted}")
+    return cls(num_classes, **options)

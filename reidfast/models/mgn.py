@@ -58,6 +58,8 @@ class MGN(nn.Module):
         eval mode: the embedding, Tensor[B, 2048].
     """
 
+    backbone_modules = ("trunk", "global_branch", "part2_branch", "part3_branch")
+
     def __init__(
         self,
         num_classes: int,

@@ -47,6 +47,8 @@ class PLA(nn.Module):
         eval mode: the embedding, Tensor[B, 2048].
     """
 
+    backbone_modules = ("backbone",)
+
     def __init__(
         self,
         num_classes: int,

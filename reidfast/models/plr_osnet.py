@@ -112,6 +112,8 @@ class PLROSNet(nn.Module):
     rows (a 4-row map for the 4 stripes) and 13 columns; 256x128 is the paper's size.
     """
 
+    backbone_modules = ("conv1", "conv2", "conv3", "global_branch", "local_branch")
+
     def __init__(
         self,
         num_classes: int,

@@ -28,6 +28,8 @@ class ResNetPartModel(nn.Module):
         eval mode: the embedding, Tensor[B, branches * embed_dim].
     """
 
+    backbone_modules = ("backbone",)
+
     def __init__(
         self,
         num_classes: int,

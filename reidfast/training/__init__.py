@@ -1,7 +1,8 @@
-"""Training utilities: the batch samplers of the metric losses (identity-balanced, Pyramid's
-switching between identity-balanced and random batches, the adaptive-margin paper's anchor-based
-units), resumable mid-epoch and split across distributed ranks; and checkpoints written
-atomically, read safely, with the random state a resumed run needs."""
+"""Training: the loop (`train(config)`), its typed config, the learning-rate schedule, the batch
+samplers of the metric losses (identity-balanced, Pyramid's switching between identity-balanced and
+random batches, the adaptive-margin paper's anchor-based units; resumable mid-epoch and split
+across distributed ranks), checkpoints written atomically and read safely with the random state a
+resumed run needs, the distributed helpers and the training-curves plot."""
 
 from reidfast.training.checkpoint import (
     CheckpointError,
@@ -11,16 +12,34 @@ from reidfast.training.checkpoint import (
     restore_random_state,
     save_checkpoint,
 )
+from reidfast.training.config import Config, ConfigError, dump_config, load_config, shipped_configs
+from reidfast.training.distributed import DistributedContext, init_distributed
+from reidfast.training.plots import plot_training_curves
 from reidfast.training.samplers import AnchorBatchSampler, IdentityBatchSampler, SwitchingBatchSampler
+from reidfast.training.schedule import LRSchedule
+from reidfast.training.trainer import NonFiniteLossError, TrainResult, evaluate_checkpoint, train
 
 __all__ = [
     "AnchorBatchSampler",
     "CheckpointError",
     "CheckpointFolder",
+    "Config",
+    "ConfigError",
+    "DistributedContext",
     "IdentityBatchSampler",
+    "LRSchedule",
+    "NonFiniteLossError",
     "SwitchingBatchSampler",
+    "TrainResult",
+    "dump_config",
+    "evaluate_checkpoint",
+    "init_distributed",
     "load_checkpoint",
+    "load_config",
+    "plot_training_curves",
     "random_state",
     "restore_random_state",
     "save_checkpoint",
+    "shipped_configs",
+    "train",
 ]
