@@ -9,7 +9,9 @@ write) and peak memory where measured.
 
 README.md, between BEGIN and END: per device, the headline comparisons (HEADLINES): for each op,
 pass and shape the fused implementation's median and its speed-up over each named baseline, a row
-only where the results hold the case. So no figure in the README is typed by hand.
+only where the results hold the case. Between DEMO_BEGIN and DEMO_END: the table of the demo run
+recorded in docs/demo/results.json (reidfast.demo.markdown_report) and its pictures. So no figure
+in the README is typed by hand.
 
 Every ratio compares the medians of one group, measured on one device. `--check` writes nothing
 and exits with status 1 when a file differs from what the results give.
@@ -27,6 +29,9 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (written by bench/report.py from bench/results; do not edit) -->"
 END = "<!-- benchmarks:end -->"
+DEMO = ROOT / "docs" / "demo"
+DEMO_BEGIN = "<!-- demo:begin (written by bench/report.py from docs/demo/results.json; do not edit) -->"
+DEMO_END = "<!-- demo:end -->"
 BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid")
 
 
@@ -208,12 +213,32 @@ def readme_section(results):
     return "\n\n".join(parts)
 
 
-def splice(readme, section):
-    """`readme` with the text between BEGIN and END replaced by `section`."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md must hold the lines {BEGIN!r} and {END!r}, in that order")
-    return readme[: start + len(BEGIN)] + "\n\n" + section + "\n\n" + readme[end:]
+def demo_section(folder=DEMO):
+    """The README text between DEMO_BEGIN and DEMO_END: the recorded demo's table and pictures."""
+    results_path = folder / "results.json"
+    if not results_path.is_file():
+        return "No demo run is recorded yet (docs/demo/results.json)."
+    from reidfast.demo import markdown_report
+
+    results = json.loads(results_path.read_text())
+    machine = results["machine"]
+    parts = [
+        f"Measured on {machine['device']} ({machine['threads']} threads), torch {machine['torch']}, "
+        f"{machine['date']}, with `reidfast demo --seeds {' '.join(map(str, results['seeds']))}`:",
+        markdown_report(results).rstrip(),
+    ]
+    pictures = sorted(path.name for path in folder.glob("*.png"))
+    if pictures:
+        parts.append(" ".join(f"![{name[:-4]}](docs/demo/{name})" for name in pictures))
+    return "\n\n".join(parts)
+
+
+def splice(readme, section, begin=BEGIN, end=END):
+    """`readme` with the text between `begin` and `end` replaced by `section`."""
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"README.md must hold the lines {begin!r} and {end!r}, in that order")
+    return readme[: start + len(begin)] + "\n\n" + section + "\n\n" + readme[stop:]
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -248,7 +273,8 @@ def _provenance(result, cases):
 
 def outputs(results):
     """{path: the text the results give}."""
-    return {BENCHMARKS: benchmarks_md(results), README: splice(README.read_text(), readme_section(results))}
+    readme = splice(README.read_text(), readme_section(results))
+    return {BENCHMARKS: benchmarks_md(results), README: splice(readme, demo_section(), DEMO_BEGIN, DEMO_END)}
 
 
 def stale(results):

@@ -14,12 +14,15 @@ import torch
 from reidfast.cli import main as cli
 from reidfast.data import make_synthetic_reid
 from reidfast.losses.criteria import PCBCriterion
+from reidfast.training.trainer import build_sampler
 from reidfast.training import (
     ConfigError,
     NonFiniteLossError,
     evaluate_checkpoint,
+    init_distributed,
     load_checkpoint,
     load_config,
+    shipped_configs,
     train,
 )
 
@@ -42,7 +45,25 @@ def tiny(tiny_data, output_dir, *overrides):
     ]
 
 
-def test_tiny_run_writes_its_folder(tiny_data, tmp_path):
+class FakeSummaryWriter:
+    """Stands for torch.utils.tensorboard.SummaryWriter (the tensorboard package is optional)."""
+
+    instances = []
+
+    def __init__(self, log_dir, purge_step=None):
+        self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+        FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed = True
+
+
+def test_tiny_run_writes_its_folder(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", type(sys)("fake_tensorboard"))
+    sys.modules["torch.utils.tensorboard"].SummaryWriter = FakeSummaryWriter
     run = tmp_path / "run"
     result = train(load_config("pyramid-synthetic", tiny(tiny_data, run, "schedule.epochs=2", "train.eval_every=1")))
     assert result.steps == 4 and result.epochs == 2  # 4 identities of 6 images: 2 batches of 2 x 4 per epoch
@@ -58,6 +79,10 @@ def test_tiny_run_writes_its_folder(tiny_data, tmp_path):
         ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4), ("eval", 4)]
     assert {"loss", "id", "triplet", "lr", "images_per_s"} <= set(records[0])
     assert records[-1]["mAP"] == result.metrics["mAP"]
+    (writer,) = FakeSummaryWriter.instances
+    assert writer.log_dir == str(run / "tensorboard") and writer.purge_step is None and writer.closed
+    assert ("train/loss", records[0]["loss"], 1) in writer.scalars
+    assert ("eval/mAP", result.metrics["mAP"], 4) in writer.scalars
     environment = json.loads((run / "env.json").read_text())
     assert environment["torch"] == torch.__version__ and environment["world_size"] == 1
     state = load_checkpoint(result.last_checkpoint)
@@ -65,6 +90,30 @@ def test_tiny_run_writes_its_folder(tiny_data, tmp_path):
     assert evaluate_checkpoint(result.last_checkpoint) == pytest.approx(result.metrics)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(load_config(run / "config.yaml"))
+
+
+@pytest.mark.parametrize("name", [name for name in shipped_configs() if name.endswith("-synthetic")])
+def test_every_synthetic_config_trains_a_step(tiny_data, tmp_path, name):
+    overrides = [
+        f"data.root={tiny_data}", "data.options={num_identities: 8, images_per_identity: 6, height: 96, width: 32}",
+        "data.identities_per_batch=2", "data.negatives_per_anchor=2", "train.max_steps=1", "train.progress=false",
+        "evaluation.ranked_results=0", f"output_dir={tmp_path / 'run'}",
+    ]
+    result = train(load_config(name, overrides))
+    assert result.steps == 1 and 0.0 <= result.metrics["mAP"] <= 1.0
+
+
+def test_identity_epochs_are_equally_long():
+    # 4 identities of 4, 8, 12 and 16 images in groups of 4: with seed 0 the epoch-exhausting
+    # plans hold 4, 5, 5, 5, 5, 4 batches; the trainer's epochs all hold the first epoch's 4.
+    labels = [identity for identity, count in enumerate((4, 8, 12, 16)) for _ in range(count)]
+    config = load_config({}, ["data.identities_per_batch=2", "data.images_per_identity=4"])
+    sampler = build_sampler(config, init_distributed("cpu"), labels, [0] * len(labels), criterion=None)
+    lengths = []
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        lengths.append(len(list(sampler)))
+    assert lengths == [4] * 6
 
 
 def _checkpoints(run):
@@ -148,7 +197,8 @@ def test_cli(tiny_data, tmp_path, capsys):
     assert cli(["train", "pcb-synthetic", "optimizer.lrr=1"]) == 2
     assert "optimizer.lrr: unknown key; did you mean 'lr'?" in capsys.readouterr().err
     run = tmp_path / "run"
-    assert cli(["train", "pcb-synthetic", *tiny(tiny_data, run, "train.max_steps=1", "evaluation.ranked_results=0")]) == 0
+    assert cli(["train", "pcb-synthetic", *tiny(tiny_data, run, "train.max_steps=1", "evaluation.ranked_results=0",
+                                                "train.amp=bfloat16")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 1 and 0 <= printed["mAP"] <= 1
     assert cli(["eval", str(run / "checkpoints" / "best.pt"), "--ranked", str(tmp_path / "ranked")]) == 2

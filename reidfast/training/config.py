@@ -77,7 +77,8 @@ class DataConfig:
     batch_size: images per random batch (None: P * K).
     min_images: identities with fewer training images are never drawn by identity batches.
     positives_per_anchor, negatives_per_anchor: M and N of the "anchor" sampler's units.
-    batches_per_epoch: batches per epoch (None: one pass over the data).
+    batches_per_epoch: batches per epoch (None: one pass over the data; for the identity sampler,
+        whose passes differ in length, the first epoch's pass: every epoch is equally long).
     num_workers: DataLoader worker processes decoding images. "switching" needs 0: the sampler
         reads the criterion's decision when it draws a batch, which workers would do ahead of it.
     pin_memory: page-locked batches for asynchronous copies to the GPU.

@@ -47,6 +47,7 @@ from torch import nn
 
 import reidfast
 from reidfast.data import (
+    ReIDDataset,
     ReIDImageDataset,
     build_dataset,
     build_test_loader,
@@ -55,6 +56,7 @@ from reidfast.data import (
     recipe_for,
     transforms_for,
 )
+from reidfast.data.transforms import BatchTransform, Transforms
 from reidfast.evaluation import evaluate, evaluate_rank, plot_ranked_results, rerank
 from reidfast.losses import build_criterion
 from reidfast.losses.criteria import CRITERIA
@@ -111,10 +113,13 @@ class TrainResult:
 
 @dataclasses.dataclass
 class _Data:
-    dataset: object
+    """A run's data: the dataset's splits, the training loader (batches of the config's sampler),
+    the training batch transform and the test transforms, the optimizer steps of an epoch."""
+
+    dataset: ReIDDataset
     loader: torch.utils.data.DataLoader
-    batch_transform: object
-    test_transform: object
+    batch_transform: BatchTransform
+    test_transform: Transforms
     steps_per_epoch: int
 
 
@@ -154,7 +159,7 @@ class _Run:
                 "resume it (--resume) or choose another output_dir"
             )
         _seed_everything(config.seed)
-        dataset = _read_dataset(config.data)
+        dataset = _read_dataset(config.data, context)
         self.model = _build_model(config, dataset.num_train_pids).to(self.device)
         self.criterion = _build_criterion(config, dataset.num_train_pids).to(self.device)
         self.data = _build_data(config, context, dataset, self.criterion)
@@ -166,7 +171,7 @@ class _Run:
         self.network = _wrap(self.model, config, context)
         # Dropout and anything else drawing from the global generators differ between ranks.
         torch.manual_seed(config.seed * 1_000_003 + context.rank)
-        self.step, self.epoch, self.position, self.best = 0, 0, 0, None
+        self.step, self.epoch, self.position, self.best, self.last_metrics = 0, 0, 0, None, None
         # Everything is built and checked: the run folder may be written now.
         self.checkpoints = CheckpointFolder(checkpoint_dir, keep_last=config.train.keep_last)
         if latest is not None:
@@ -178,6 +183,7 @@ class _Run:
             (self.run_dir / "metrics.jsonl").write_text("")
         barrier(context)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tensorboard = _tensorboard_writer(self.run_dir, context, self.step)
 
     # ----------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -190,9 +196,9 @@ class _Run:
         final_metrics = None
         try:
             while self.step < total_steps:
-                epoch_seconds, epoch_images = self._train_one_epoch(total_steps, progress)
+                epoch_seconds, epoch_images, completed = self._train_one_epoch(total_steps, progress)
                 seconds, images = seconds + epoch_seconds, images + epoch_images
-                if self.position == self.data.steps_per_epoch:  # a whole epoch: evaluate, checkpoint
+                if completed:  # a whole epoch: evaluate, checkpoint
                     self.epoch, self.position = self.epoch + 1, 0
                     due = config.train.eval_every and self.epoch % config.train.eval_every == 0
                     last = self.step >= total_steps
@@ -205,8 +211,10 @@ class _Run:
         finally:
             if progress is not None:
                 progress.close()
-        if final_metrics is None:  # resumed after the last step: evaluate what was trained
-            final_metrics = self._evaluate()
+        if final_metrics is None:  # resumed after the last step: its checkpoint holds the evaluation
+            final_metrics = self.last_metrics if self.last_metrics is not None else self._evaluate()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.context.is_main:
             plot_training_curves(self.metrics_path, self.run_dir / "curves.png", title=f"{config.method}")
         world_images = reduce_mean({"images": float(images)}, self.context)["images"] * self.context.world_size
@@ -221,9 +229,9 @@ class _Run:
             best_checkpoint=self.checkpoints.best(),
         )
 
-    def _train_one_epoch(self, total_steps: int, progress) -> tuple[float, int]:
+    def _train_one_epoch(self, total_steps: int, progress) -> tuple[float, int, bool]:
         """Trains from the sampler's position to the epoch's end or `total_steps`; returns the
-        seconds spent and the images this rank trained on."""
+        seconds spent, the images this rank trained on, and whether the epoch is complete."""
         config, context = self.config, self.context
         sampler = self.data.loader.batch_sampler
         sampler.set_epoch(self.epoch)
@@ -282,7 +290,7 @@ class _Run:
                 self._checkpoint(None)
             if self.step >= total_steps:
                 break
-        return seconds, images
+        return seconds, images, self.position == self.data.steps_per_epoch
 
     def _clip(self) -> None:
         if self.config.train.grad_clip is not None:
@@ -315,6 +323,7 @@ class _Run:
         )
         if metrics is not None:
             self.best = metrics["mAP"] if self.best is None else max(self.best, metrics["mAP"])
+            self.last_metrics = metrics
         if self.context.is_main:
             state = {
                 "step": self.step,
@@ -328,6 +337,7 @@ class _Run:
                 if self.position else None,
                 "ranks": ranks,
                 "best_mAP": self.best,
+                "last_metrics": self.last_metrics,
                 "config": config_to_dict(self.config),
                 "world_size": self.context.world_size,
                 "num_train_pids": self.data.dataset.num_train_pids,
@@ -353,8 +363,8 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.position, self.best = (
-            state["step"], state["epoch"], state["position"], state["best_mAP"])
+        self.step, self.epoch, self.position, self.best, self.last_metrics = (
+            state["step"], state["epoch"], state["position"], state["best_mAP"], state["last_metrics"])
         if state["sampler"] is not None:
             self.data.loader.batch_sampler.load_state_dict(state["sampler"])
         mine = state["ranks"][self.context.rank]
@@ -370,6 +380,9 @@ class _Run:
                   **values}
         with open(self.metrics_path, "a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, self.step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -450,7 +463,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides=(), ranked_dir: str |
                           "in the run's config: override it with the number of queries to draw")
     context = init_distributed(config.train.device)
     try:
-        dataset = _read_dataset(config.data)
+        dataset = _read_dataset(config.data, context)
         model = _build_model(config, state["num_train_pids"])  # the classifiers it was trained with
         model.load_state_dict(state["model"])
         model.to(context.device)
@@ -567,26 +580,44 @@ def _build_data(config: Config, context: DistributedContext, dataset, criterion:
                                    **data.transforms)
     test = transforms_for(config.method, False, device, 0, **data.transforms)
     labels = [record.pid for record in dataset.train]
-    common = dict(batches_per_epoch=data.batches_per_epoch, num_replicas=context.world_size, rank=context.rank)
-    p, k = data.identities_per_batch, data.images_per_identity
-    try:
-        if data.sampler == "identity":
-            sampler = IdentityBatchSampler(labels, p, k, config.seed, min_images=data.min_images, **common)
-        elif data.sampler == "anchor":
-            sampler = AnchorBatchSampler(labels, p, data.positives_per_anchor, data.negatives_per_anchor, config.seed,
-                                         cameras=[record.camid for record in dataset.train], **common)
-        else:
-            decide = _always_random if data.sampler == "random" else lambda: criterion.sampling
-            sampler = SwitchingBatchSampler(labels, p, k, decide, config.seed,
-                                            batch_size=data.batch_size, min_images=data.min_images, **common)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"data (sampler {data.sampler!r}): {error}") from None
-    if len(sampler) == 0:
-        raise ConfigError(f"data: the {data.sampler!r} sampler draws no batch from the {len(labels)} training images")
+    sampler = build_sampler(config, context, labels, [record.camid for record in dataset.train], criterion)
     train_set = ReIDImageDataset(dataset.train, sample, on_error=data.on_error)
     loader = build_train_loader(train_set, sampler, seed=config.seed, rank=context.rank, num_workers=data.num_workers,
                                 pin_memory=data.pin_memory)
     return _Data(dataset, loader, batch, test, len(sampler))
+
+
+def build_sampler(config: Config, context: DistributedContext, labels: list[int], cameras: list[int],
+                  criterion: nn.Module):
+    """The batch sampler `config.data` names, over training items with `labels` and `cameras`.
+
+    Every epoch has the same number of batches, as the learning-rate schedule and the loop count
+    them: the identity sampler's epoch-exhausting plan varies in length from epoch to epoch (how
+    the identities' groups run out depends on the draw), so without `data.batches_per_epoch` its
+    epochs are as long as the first epoch's pass (iteration mode, reidfast.training.samplers).
+    """
+    data = config.data
+    common = dict(num_replicas=context.world_size, rank=context.rank)
+    p, k = data.identities_per_batch, data.images_per_identity
+    try:
+        if data.sampler == "identity":
+            batches = data.batches_per_epoch or len(
+                IdentityBatchSampler(labels, p, k, config.seed, min_images=data.min_images, **common))
+            sampler = IdentityBatchSampler(labels, p, k, config.seed, min_images=data.min_images,
+                                           batches_per_epoch=batches, **common)
+        elif data.sampler == "anchor":
+            sampler = AnchorBatchSampler(labels, p, data.positives_per_anchor, data.negatives_per_anchor, config.seed,
+                                         cameras=cameras, batches_per_epoch=data.batches_per_epoch, **common)
+        else:
+            decide = _always_random if data.sampler == "random" else lambda: criterion.sampling
+            sampler = SwitchingBatchSampler(labels, p, k, decide, config.seed, batch_size=data.batch_size,
+                                            min_images=data.min_images, batches_per_epoch=data.batches_per_epoch,
+                                            **common)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"data (sampler {data.sampler!r}): {error}") from None
+    if len(sampler) == 0:
+        raise ConfigError(f"data: the {data.sampler!r} sampler draws no batch from the {len(labels)} training images")
+    return sampler
 
 
 def _always_random() -> str:
@@ -594,11 +625,16 @@ def _always_random() -> str:
     return "random"
 
 
-def _read_dataset(data):
+def _read_dataset(data, context: DistributedContext) -> ReIDDataset:
+    """The config's dataset; a synthetic set is generated by rank 0 (the others wait, then read
+    its cache)."""
     try:
-        if data.dataset == "synthetic":
-            return make_synthetic_reid(data.root, **data.options)
-        return build_dataset(data.dataset, data.root, **data.options)
+        if data.dataset != "synthetic":
+            return build_dataset(data.dataset, data.root, **data.options)
+        if context.is_main:
+            dataset = make_synthetic_reid(data.root, **data.options)
+        barrier(context)
+        return dataset if context.is_main else make_synthetic_reid(data.root, **data.options)
     except TypeError as error:
         raise ConfigError(f"data.options: {error}") from None
 
@@ -702,6 +738,30 @@ def _progress(config: Config, context: DistributedContext, total: int, done: int
     return tqdm(total=total, initial=done, desc=config.method, unit="step", dynamic_ncols=True)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` says."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _tensorboard_writer(run_dir: pathlib.Path, context: DistributedContext, step: int):
+    """A TensorBoard writer into run_dir/tensorboard on rank 0 when the tensorboard package is
+    installed, else None. Resumed at `step`, it purges the events logged after it (as
+    metrics.jsonl is cut back)."""
+    if not context.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
+
+
 def _environment(context: DistributedContext) -> dict:
     """Versions, devices and thread counts of the run, for env.json."""
     cuda = torch.cuda.is_available()
@@ -710,7 +770,7 @@ def _environment(context: DistributedContext) -> dict:
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
