@@ -108,7 +108,7 @@ def run_demo(output="runs/demo", data="data/synthetic-demo", seeds=(0,), quick: 
             run_started = time.perf_counter()
             result = train(config, resume=True)
             runs.append({
-                "model": model.name, "seed": seed, "run_dir": str(run_dir), **result.metrics,
+                "model": model.name, "seed": seed, "run_dir": run_dir.name, **result.metrics,
                 "train_seconds": result.train_seconds, "images_per_s": result.images_per_s, "steps": result.steps,
                 "wall_seconds": time.perf_counter() - run_started,
             })
@@ -126,7 +126,7 @@ def run_demo(output="runs/demo", data="data/synthetic-demo", seeds=(0,), quick: 
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown_report(results)
     (output / "report.md").write_text(report)
-    pyramid = pathlib.Path(runs[0]["run_dir"])
+    pyramid = output / runs[0]["run_dir"]
     shutil.copyfile(pyramid / "curves.png", output / "pyramid-curves.png")
     shutil.rmtree(output / "pyramid-ranked", ignore_errors=True)
     shutil.copytree(pyramid / "ranked", output / "pyramid-ranked")
@@ -165,6 +165,7 @@ def markdown_report(results: dict) -> str:
         f"Synthetic set: {data['identities']} training identities ({data['train']} images), {data['query']} queries, "
         f"{data['gallery']} gallery images. Seeds {seeds}" + (" (mean, and range in brackets)" if several else "")
         + f". Metrics in %. Training time: the training steps alone; the three models of one seed, from start to "
-        f"evaluation, took {minutes} min (set generation, {results['setup_seconds']:.0f} s, excluded).",
+        f"evaluation, took {minutes} min (excluded: generating the set, or reading it from its cache, "
+        f"{results['setup_seconds']:.0f} s).",
     ]
     return "\n".join(lines) + "\n"

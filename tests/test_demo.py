@@ -31,4 +31,4 @@ def test_report_gives_mean_and_range_over_seeds():
     lines = markdown_report(results).splitlines()
     assert lines[2] == "| Pyramid | 35.0 (30.0-40.0) | 50.0 (50.0-50.0) | 75.0 (75.0-75.0) | 12.5 (12.5-12.5) | 101 s | 30.0 |"
     assert "Seeds 0, 1, 2 (mean, and range in brackets)." in lines[-1]
-    assert "took 3.0, 3.0, 3.0 min (set generation, 12 s, excluded)" in lines[-1]
+    assert "took 3.0, 3.0, 3.0 min (excluded: generating the set, or reading it from its cache, 12 s)" in lines[-1]
