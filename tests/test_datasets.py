@@ -127,6 +127,18 @@ def test_market1501_500k_distractors_join_the_gallery(tmp_path):
     assert len(dataset.train) == 5 and len(dataset.query) == 2
 
 
+def test_market1501_multi_query_reads_gt_bbox(tmp_path):
+    write_market(tmp_path)
+    assert Market1501(tmp_path).multi_query == []
+    with pytest.raises(FileNotFoundError, match="gt_bbox"):
+        Market1501(tmp_path, multi_query=True)
+    write_folder(os.path.join(tmp_path, "gt_bbox"), ["0002_c5s1_000376_00.jpg", "0002_c5s1_000426_00.jpg",
+                                                      "0007_c2s3_064469_00.jpg"])
+    dataset = Market1501(tmp_path, multi_query=True)
+    assert triples(dataset.multi_query, tmp_path / "gt_bbox") == [
+        ("0002_c5s1_000376_00.jpg", 2, 4), ("0002_c5s1_000426_00.jpg", 2, 4), ("0007_c2s3_064469_00.jpg", 7, 1)]
+
+
 def test_market1501_errors(tmp_path):
     with pytest.raises(TypeError, match="root must be a str or os.PathLike, got int 3"):
         Market1501(3)

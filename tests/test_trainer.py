@@ -204,6 +204,7 @@ def test_cli(tiny_data, tmp_path, capsys):
     assert cli(["eval", str(run / "checkpoints" / "best.pt"), "--ranked", str(tmp_path / "ranked")]) == 2
     assert "evaluation.ranked_results is 0" in capsys.readouterr().err
     assert cli(["eval", str(run / "checkpoints" / "best.pt"), "evaluation.metric=cosine", "evaluation.ranked_results=2",
+                "evaluation.multi_query=max",
                 "--ranked", str(tmp_path / "ranked")]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"mAP", "rank1", "rank5", "mINP"}
     assert len(list((tmp_path / "ranked").glob("*.png"))) == 2

@@ -252,6 +252,7 @@ class Market1501(ReIDDataset):
         query/                query images
         bounding_box_test/    gallery images, junk (-1_c...) and distractors (0000_c...) included
         images/               only for distractors_500k: the Market-1501+500k distractors
+        gt_bbox/              only for multi_query: hand-drawn boxes of the 1,501 identities
 
     File names are parsed with `([-\\d]+)_c(\\d)`: identity, then camera (1-based, becomes 0-based).
     Identity -1 (junk) is dropped from every split; identity 0 (distractor) is kept in the gallery
@@ -263,18 +264,30 @@ class Market1501(ReIDDataset):
     Args:
         root (str | os.PathLike): see the layout above.
         distractors_500k (bool): add the images of `images/` to the gallery (default False).
+        multi_query (bool): read `gt_bbox/` into `multi_query` (default False), the images the
+            multiple-query protocol pools with each query (reidfast.evaluation.pool_queries).
+
+    Attributes (besides ReIDDataset's):
+        multi_query (list[ReIDRecord]): gt_bbox/'s images, released identities, 0-based cameras
+            (empty without `multi_query`).
     """
 
     name = "market1501"
     archive = "Market-1501-v15.09.15"
 
-    def __init__(self, root, distractors_500k: bool = False):
+    def __init__(self, root, distractors_500k: bool = False, multi_query: bool = False):
         root = _check_path("root", root)
         check_bool("distractors_500k", distractors_500k)
+        check_bool("multi_query", multi_query)
         layout = f"{root} (or {root}/{self.archive}) to hold {_MARKET_LAYOUT}"
         folder = _locate(type(self).__name__, root, (self.archive,), "bounding_box_train", layout)
+        if multi_query:
+            _require(type(self).__name__, os.path.join(folder, "gt_bbox"), f"{layout}, and gt_bbox/", folder=True)
         super().__init__(**_market_layout(type(self).__name__, folder, ("images",) if distractors_500k else ()))
         self.distractors_500k = distractors_500k
+        self.multi_query = (
+            _parse_market_folder(type(self).__name__, os.path.join(folder, "gt_bbox"), "query")[0] if multi_query else []
+        )
 
 
 @register_dataset

@@ -204,12 +204,17 @@ class EvaluationConfig:
     """Retrieval evaluation on the query and gallery splits.
 
     metric: "euclidean" or "cosine". flip: average each image's features with its mirror's.
+    multi_query: "none" (single query), "mean" or "max": each query's feature pooled with the
+        images of its identity and camera (the dataset's `multi_query` images, e.g. Market-1501's
+        gt_bbox/ with `data.options.multi_query: true`, and the other queries;
+        reidfast.evaluation.pool_queries).
     rerank: k-reciprocal re-ranking (reidfast.evaluation.rerank). batch_size: images per forward.
     max_rank: CMC length. ranked_results: queries drawn in the ranked-results PNG (0: none).
     """
 
     metric: str = "euclidean"
     flip: bool = False
+    multi_query: str = "none"
     rerank: bool = False
     batch_size: int = 128
     max_rank: int = 50
@@ -247,6 +252,7 @@ CHOICES = {
     "schedule.kind": ("multistep", "cosine", "exponential", "constant"),
     "train.amp": ("none", "bfloat16", "float16"),
     "evaluation.metric": ("euclidean", "cosine"),
+    "evaluation.multi_query": ("none", "mean", "max"),
 }
 # Lower bounds of numeric fields (inclusive).
 MINIMA = {

@@ -57,7 +57,7 @@ from reidfast.data import (
     transforms_for,
 )
 from reidfast.data.transforms import BatchTransform, Transforms
-from reidfast.evaluation import evaluate, evaluate_rank, plot_ranked_results, rerank
+from reidfast.evaluation import evaluate, evaluate_rank, plot_ranked_results, pool_queries, rerank
 from reidfast.losses import build_criterion
 from reidfast.losses.criteria import CRITERIA
 from reidfast.models import build_model, model_class
@@ -397,14 +397,20 @@ def evaluate_model(model: nn.Module, dataset, test_transform, config: Config, co
     `ranked_dir` and `evaluation.ranked_results` > 0, draws that many queries' ranked results."""
     query = extract_features(model, dataset.query, test_transform, config, context)
     gallery = extract_features(model, dataset.gallery, test_transform, config, context)
+    ev = config.evaluation
+    extra = getattr(dataset, "multi_query", []) if ev.multi_query != "none" else []
+    extra_features = extract_features(model, extra, test_transform, config, context) if extra else None
     metrics = None
     if context.is_main:
-        ev = config.evaluation
         q_pids, g_pids, q_camids, g_camids = labels = [
             torch.tensor([getattr(record, field) for record in records])
             for field, records in (("pid", dataset.query), ("pid", dataset.gallery), ("camid", dataset.query),
                                    ("camid", dataset.gallery))
         ]
+        if ev.multi_query != "none":
+            pool_labels = [torch.tensor([getattr(record, field) for record in extra]) for field in ("pid", "camid")]
+            query = pool_queries(query, q_pids, q_camids, extra_features, *(pool_labels if extra else (None, None)),
+                                 pool=ev.multi_query)
         if ev.rerank:
             pairs = ((query, gallery), (query, query), (gallery, gallery))
             ranked = evaluate_rank(rerank(*(_distances(a, b, ev.metric) for a, b in pairs)), *labels,
