@@ -239,3 +239,20 @@ def test_loss_shape_errors():
         weighting(torch.ones(2), torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"triplet_loss must be a Tensor \[\] \(a scalar\), got float"):
         weighting(torch.tensor(1.0), 1.0)
+
+
+def test_state_summary_worked_by_hand():
+    weighting = DynamicLossWeighting()
+    assert weighting.state_summary() == {
+        "sampling": "random", "id_weight": 1.0, "triplet_weight": 0.0, "id_average": 0.0, "triplet_average": 0.0,
+        "id_likelihood": 0.0, "triplet_likelihood": 1.0}
+    step(weighting, 4.0, 2.0)  # seeds the averages
+    step(weighting, 2.0, 1.0)  # k = (3.5, 1.75), p = (3.5 / 4, 1.75 / 2) = (0.875, 0.875)
+    summary = weighting.state_summary()
+    assert (summary["id_average"], summary["triplet_average"]) == (3.5, 1.75)
+    assert (summary["id_likelihood"], summary["triplet_likelihood"]) == (0.875, 0.875)
+    # Equal likelihoods: FL_tp / FL_id = 1 >= delta, so Eq. 7 with both weights FL(0.875).
+    assert summary["sampling"] == "identity"
+    assert summary["id_weight"] == summary["triplet_weight"] == pytest.approx(focal(0.875))
+    assert DynamicLossWeighting(mode="code").state_summary() == {
+        "sampling": "identity", "id_weight": 1.0, "triplet_weight": 1.0}

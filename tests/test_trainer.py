@@ -150,7 +150,11 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights_bit_for_bit(tiny_data,
     assert resumed.metrics == whole.metrics
     lines = lambda run: [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
                          for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines(killed)] == [r["step"] for r in lines(tmp_path / "whole")]
+    records = lines(tmp_path / "whole")
+    assert [(r["kind"], r["step"]) for r in lines(killed)] == [(r["kind"], r["step"]) for r in records]
+    switches = [r for r in records if r["kind"] == "switch"]
+    assert switches and switches == [r for r in lines(killed) if r["kind"] == "switch"]
+    assert switches[0]["from"] == "random" and switches[0]["sampling"] == "identity"
 
 
 def test_resuming_with_another_config_names_the_keys(tiny_data, tmp_path):

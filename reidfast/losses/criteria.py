@@ -187,6 +187,11 @@ class PyramidCriterion(Criterion):
         """The sampler the next batch must be drawn with: "random" or "identity"."""
         return self.weighting.sampling
 
+    def decision_state(self) -> dict[str, float | str]:
+        """The dynamic weighting's state (DynamicLossWeighting.state_summary), which a training
+        loop logs when the sampling changes."""
+        return self.weighting.state_summary()
+
     def _losses(self, output: PartOutput, labels):
         id_loss = _summed_branch_cross_entropy(self._logits(output, "logits"), labels)
         if self.triplet_on == "concatenated":

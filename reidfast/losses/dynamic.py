@@ -134,6 +134,16 @@ class DynamicLossWeighting(nn.Module):
     def sampling(self) -> str:
         return "random" if self.task_weights[1] == 0.0 else "identity"
 
+    def state_summary(self) -> dict[str, float | str]:
+        """The decision state as plain numbers, for a log: the next batch's sampler and weights
+        and, in "dynamic" mode, both loss averages k_t and reduction likelihoods p_t (Eq. 4-5)."""
+        id_weight, triplet_weight = self.task_weights
+        summary = {"sampling": self.sampling, "id_weight": id_weight, "triplet_weight": triplet_weight}
+        if self.mode == "dynamic":
+            (k_id, k_tp), (p_id, p_tp) = self.loss_average.tolist(), self.reduction_likelihood.tolist()
+            summary.update(id_average=k_id, triplet_average=k_tp, id_likelihood=p_id, triplet_likelihood=p_tp)
+        return summary
+
     def forward(self, id_loss: torch.Tensor, triplet_loss: torch.Tensor) -> WeightedLoss:
         check_tensor("id_loss", id_loss, 0, "[] (a scalar)")
         check_tensor("triplet_loss", triplet_loss, 0, "[] (a scalar)")

@@ -172,6 +172,7 @@ class _Run:
         # Dropout and anything else drawing from the global generators differ between ranks.
         torch.manual_seed(config.seed * 1_000_003 + context.rank)
         self.step, self.epoch, self.position, self.best, self.last_metrics = 0, 0, 0, None, None
+        self.sampling = getattr(self.criterion, "sampling", None)  # the decision the last step left
         # Everything is built and checked: the run folder may be written now.
         self.checkpoints = CheckpointFolder(checkpoint_dir, keep_last=config.train.keep_last)
         if latest is not None:
@@ -264,6 +265,7 @@ class _Run:
                 self.optimizer.step()
             self.step += 1
             self.position += 1
+            self._log_switch()
             seconds += time.perf_counter() - started
             images += len(batch.pids)
             window_images += len(batch.pids)
@@ -291,6 +293,14 @@ class _Run:
             if self.step >= total_steps:
                 break
         return seconds, images, self.position == self.data.steps_per_epoch
+
+    def _log_switch(self) -> None:
+        """A "switch" record when the criterion's sampling decision for the next batch changed
+        (Pyramid's dynamic training: random vs identity-balanced), with its decision state."""
+        sampling = getattr(self.criterion, "sampling", None)
+        if sampling is not None and sampling != self.sampling:
+            self._log("switch", {"from": self.sampling, **self.criterion.decision_state()})
+        self.sampling = sampling
 
     def _clip(self) -> None:
         if self.config.train.grad_clip is not None:
@@ -367,6 +377,7 @@ class _Run:
             state["step"], state["epoch"], state["position"], state["best_mAP"], state["last_metrics"])
         if state["sampler"] is not None:
             self.data.loader.batch_sampler.load_state_dict(state["sampler"])
+        self.sampling = getattr(self.criterion, "sampling", None)
         mine = state["ranks"][self.context.rank]
         restore_random_state(mine["random"])
         self.data.batch_transform.load_state_dict(mine["batch_transform"])
@@ -382,7 +393,8 @@ class _Run:
             file.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
             for name, value in values.items():
-                self.tensorboard.add_scalar(f"{kind}/{name}", value, self.step)
+                if isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{kind}/{name}", value, self.step)
 
 
 # ------------------------------------------------------------------------------------------------
