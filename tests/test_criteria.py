@@ -301,8 +301,12 @@ def test_build_errors():
     "name, options, error, message",
     [
         ("pyramid", {"triplet_on": "branches"}, ValueError, r"triplet_on must be one of \('concatenated', .* got 'branches'"),
-        ("pyramid", {"weighting": "static"}, ValueError, r"weighting must be one of \('dynamic', 'code'\), got 'static'"),
+        ("pyramid", {"weighting": "static"}, ValueError,
+         r"weighting must be one of \('dynamic', 'code', 'fixed', 'normalized'\), got 'static'"),
         ("pyramid", {"weighting": "code", "delta": 0.2}, ValueError, r"takes no alpha, gamma or delta, got \{'delta': 0.2\}"),
+        ("pyramid", {"weighting": "dynamic", "fixed_weights": (1, 2)}, ValueError,
+         r"fixed_weights is an option of mode='fixed', got mode='dynamic'"),
+        ("pyramid", {"weighting": "fixed", "fixed_weights": (1, -2)}, ValueError, r"fixed_weights\[1\] must be >= 0"),
         ("pyramid", {"margin": "1.4"}, TypeError, r"margin must be a float, got str '1.4'"),
         ("pla", {"triplet_weight": 2.5}, ValueError, r"triplet_weight must be in \[0.0, 2.0\], got 2.5"),
         ("pla", {"k": 0}, ValueError, r"k must be >= 1, got 0"),

@@ -219,7 +219,7 @@ def test_invalid_loss_leaves_state_alone():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"mode": "paper"}, ValueError, r"mode must be one of \('dynamic', 'code'\), got 'paper'"),
+        ({"mode": "paper"}, ValueError, r"mode must be one of \('dynamic', 'code', 'fixed', 'normalized'\), got 'paper'"),
         ({"alpha": 1.0}, ValueError, r"alpha must be in \[0, 1\), got 1.0"),
         ({"alpha": -0.1}, ValueError, r"alpha must be in \[0, 1\), got -0.1"),
         ({"alpha": "0.25"}, TypeError, r"alpha must be a float, got str '0.25'"),
@@ -256,3 +256,27 @@ def test_state_summary_worked_by_hand():
     assert summary["id_weight"] == summary["triplet_weight"] == pytest.approx(focal(0.875))
     assert DynamicLossWeighting(mode="code").state_summary() == {
         "sampling": "identity", "id_weight": 1.0, "triplet_weight": 1.0}
+
+
+def test_fixed_mode_weights_by_constants():
+    weighting = DynamicLossWeighting(mode="fixed", fixed_weights=(0.5, 2.0))
+    assert weighting.state_dict() == {} and weighting.sampling == "identity"
+    result, _, _ = step(weighting, 3.0, 1.0)
+    assert (result.id_weight, result.triplet_weight, result.loss.item()) == (0.5, 2.0, 3.5)
+    assert DynamicLossWeighting(mode="fixed").task_weights == (1.0, 1.0)
+    with pytest.raises(TypeError, match="fixed_weights must be a pair"):
+        DynamicLossWeighting(mode="fixed", fixed_weights=(1.0,))
+
+
+def test_normalized_mode_keeps_the_decisions_and_rescales_eq7_weights():
+    dynamic, normalized = DynamicLossWeighting(), DynamicLossWeighting(mode="normalized")
+    for id_value, triplet_value in scripted_losses(40, seed=3):
+        assert normalized.sampling == dynamic.sampling
+        (fl_id, fl_tp), (w_id, w_tp) = dynamic.task_weights, normalized.task_weights
+        if fl_tp == 0.0 and fl_id == 1.0:  # Eq. 2: the ID loss alone, unchanged
+            assert (w_id, w_tp) == (1.0, 0.0)
+        else:  # Eq. 7: the same ratio, summing to 2
+            assert w_id + w_tp == pytest.approx(2.0) and w_tp * fl_id == pytest.approx(w_id * fl_tp)
+        step(dynamic, id_value, triplet_value)
+        step(normalized, id_value, triplet_value)
+    assert torch.equal(dynamic.loss_average, normalized.loss_average)

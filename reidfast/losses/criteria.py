@@ -149,9 +149,13 @@ class PyramidCriterion(Criterion):
         triplet_on: "concatenated" (the paper: one triplet loss on output.embedding) or
             "per_branch" (the authors' code: the sum over branches of a triplet loss on each
             output.features[:, b]).
-        weighting: "dynamic" (Algorithm 1) or "code" (the authors' release: L = L_id + L_tp on every
-            batch, identity-balanced sampling throughout).
-        alpha, gamma, delta: the dynamic weighting's parameters (None: 0.25, 2, 0.16); "dynamic" only.
+        weighting: "dynamic" (Algorithm 1), "code" (the authors' release: L = L_id + L_tp on every
+            batch, identity-balanced sampling throughout), "fixed" (L = w_id L_id + w_tp L_tp with
+            `fixed_weights`, identity-balanced) or "normalized" (Algorithm 1 with Eq. 7's weights
+            rescaled to sum to 2; see DynamicLossWeighting).
+        alpha, gamma, delta: the dynamic weighting's parameters (None: 0.25, 2, 0.16); "dynamic"
+            and "normalized" only.
+        fixed_weights: (w_id, w_tp) of "fixed" (None: (1, 1)).
         backend: the triplet op's backend (see reidfast.backend).
 
     Input: PartOutput(features Tensor[B, branches, D], logits Tensor[B, branches, num_classes],
@@ -171,6 +175,7 @@ class PyramidCriterion(Criterion):
         alpha: float | None = None,
         gamma: float | None = None,
         delta: float | None = None,
+        fixed_weights: tuple[float, float] | None = None,
         backend: str | None = None,
     ):
         super().__init__()
@@ -180,7 +185,7 @@ class PyramidCriterion(Criterion):
         if weighting not in MODES:
             raise ValueError(f"weighting must be one of {MODES}, got {weighting!r}")
         self.margin, self.triplet_on, self.backend = float(margin), triplet_on, backend
-        self.weighting = DynamicLossWeighting(alpha, gamma, delta, mode=weighting)
+        self.weighting = DynamicLossWeighting(alpha, gamma, delta, mode=weighting, fixed_weights=fixed_weights)
 
     @property
     def sampling(self) -> str:

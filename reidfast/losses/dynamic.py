@@ -12,7 +12,8 @@ from torch import nn
 
 from reidfast._checks import check_float, check_tensor
 
-MODES = ("dynamic", "code")
+MODES = ("dynamic", "code", "fixed", "normalized")
+_STATEFUL = ("dynamic", "normalized")
 # The paper's hyper-parameters (Sec. 4.1).
 DEFAULT_ALPHA, DEFAULT_GAMMA, DEFAULT_DELTA = 0.25, 2.0, 0.16
 
@@ -66,7 +67,18 @@ class DynamicLossWeighting(nn.Module):
       finite and Eq. 7 never multiplies by +inf; alpha = 1 is therefore excluded.
 
     Mode "code" is the authors' release instead: L = L_id + L_tp on every batch, always with
-    ID-balanced sampling; it keeps no state and takes no alpha, gamma or delta.
+    ID-balanced sampling; it keeps no state and takes no alpha, gamma or delta. Mode "fixed" is
+    the same with the weights `fixed_weights` = (w_id, w_tp).
+
+    Mode "normalized" (reidfast's remedy, docs/methods.md section 1) keeps Algorithm 1's
+    decisions (the same state, the same switch between Eq. 2 and Eq. 7, the same sampler) and
+    rescales Eq. 7's focal weights to sum to 2, the total weight of the code mode:
+
+        w_t = 2 FL(p_t) / (FL(p_id) + FL(p_tp))
+
+    The literal FL values are 1e-11 .. 1e-5 whenever a loss falls (p_t close to 1), so a literal
+    Eq. 7 batch hardly trains; normalised, an Eq. 7 batch trains at the code mode's scale and the
+    relative emphasis stays the paper's.
 
     The state (both averages, both p_t, whether the averages are seeded) is kept in buffers, so
     state_dict() / load_state_dict() resume training exactly. In eval mode (module.eval()) forward
@@ -77,7 +89,10 @@ class DynamicLossWeighting(nn.Module):
         gamma: the focusing exponent of FL, >= 0; None: 2.
         delta: the switching threshold, > 0 (at 0 the initial ratio 0 would select Eq. 7 with an
             infinite ID weight); None: 0.16.
-        mode: "dynamic" (Algorithm 1) or "code" (the authors' release).
+        mode: "dynamic" (Algorithm 1), "code" (the authors' release), "fixed" (constant
+            `fixed_weights`, identity-balanced sampling) or "normalized" (Algorithm 1 with Eq. 7's
+            weights rescaled to sum to 2).
+        fixed_weights: (w_id, w_tp), both >= 0, for mode "fixed" only (None: (1, 1)).
 
     Attributes:
         sampling (str): the sampler the NEXT batch must be drawn with: "random" or "identity"
@@ -95,18 +110,22 @@ class DynamicLossWeighting(nn.Module):
         gamma: float | None = None,
         delta: float | None = None,
         mode: str = "dynamic",
+        fixed_weights: tuple[float, float] | None = None,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        if mode == "code":
+        if fixed_weights is not None and mode != "fixed":
+            raise ValueError(f"fixed_weights is an option of mode='fixed', got mode={mode!r}")
+        if mode not in _STATEFUL:
             options = {"alpha": alpha, "gamma": gamma, "delta": delta}
             given = {name: value for name, value in options.items() if value is not None}
             if given:
                 raise ValueError(
-                    f"mode='code' adds the losses unweighted and takes no alpha, gamma or delta, got {given}"
+                    f"mode={mode!r} weights the losses with constants and takes no alpha, gamma or delta, got {given}"
                 )
+            self.fixed_weights = _checked_weights(fixed_weights)
             return
         self.alpha = _checked("alpha", alpha, DEFAULT_ALPHA, lambda v: 0 <= v < 1, "in [0, 1)")
         self.gamma = _checked("gamma", gamma, DEFAULT_GAMMA, lambda v: v >= 0, ">= 0")
@@ -118,20 +137,23 @@ class DynamicLossWeighting(nn.Module):
 
     @property
     def task_weights(self) -> tuple[float, float]:
-        if self.mode == "code":
-            return 1.0, 1.0
+        if self.mode not in _STATEFUL:
+            return self.fixed_weights
         p_id, p_tp = self.reduction_likelihood.tolist()
         fl_id, fl_tp = focal_weight(p_id, self.gamma), focal_weight(p_tp, self.gamma)
-        if fl_id == 0.0:
-            # Ratio +inf (or 0/0): Eq. 7, and with nothing falling both losses count fully.
-            return (1.0, 1.0) if fl_tp == 0.0 else (fl_id, fl_tp)
-        # fl_id == +inf (the initial state) makes the ratio 0.
-        if fl_tp / fl_id < self.delta:
+        if fl_id == 0.0 and fl_tp == 0.0:
+            return 1.0, 1.0  # ratio 0/0: Eq. 7, and with nothing falling both losses count fully
+        # fl_id == +inf (the initial state) makes the ratio 0; fl_id == 0 makes it +inf: Eq. 7.
+        if fl_id > 0.0 and fl_tp / fl_id < self.delta:
             return 1.0, 0.0
+        if self.mode == "normalized":
+            return 2.0 * fl_id / (fl_id + fl_tp), 2.0 * fl_tp / (fl_id + fl_tp)
         return fl_id, fl_tp
 
     @property
     def sampling(self) -> str:
+        if self.mode not in _STATEFUL:
+            return "identity"
         return "random" if self.task_weights[1] == 0.0 else "identity"
 
     def state_summary(self) -> dict[str, float | str]:
@@ -139,7 +161,7 @@ class DynamicLossWeighting(nn.Module):
         and, in "dynamic" mode, both loss averages k_t and reduction likelihoods p_t (Eq. 4-5)."""
         id_weight, triplet_weight = self.task_weights
         summary = {"sampling": self.sampling, "id_weight": id_weight, "triplet_weight": triplet_weight}
-        if self.mode == "dynamic":
+        if self.mode in _STATEFUL:
             (k_id, k_tp), (p_id, p_tp) = self.loss_average.tolist(), self.reduction_likelihood.tolist()
             summary.update(id_average=k_id, triplet_average=k_tp, id_likelihood=p_id, triplet_likelihood=p_tp)
         return summary
@@ -148,7 +170,7 @@ class DynamicLossWeighting(nn.Module):
         check_tensor("id_loss", id_loss, 0, "[] (a scalar)")
         check_tensor("triplet_loss", triplet_loss, 0, "[] (a scalar)")
         id_weight, triplet_weight = self.task_weights
-        if self.mode == "dynamic" and self.training:
+        if self.mode in _STATEFUL and self.training:
             self._observe(_loss_value("id_loss", id_loss), _loss_value("triplet_loss", triplet_loss))
         loss = id_loss if triplet_weight == 0.0 else id_weight * id_loss + triplet_weight * triplet_loss
         return WeightedLoss(loss, id_weight, triplet_weight)
@@ -167,9 +189,9 @@ class DynamicLossWeighting(nn.Module):
         self.reduction_likelihood.copy_(torch.tensor(likelihood, dtype=torch.float64))
 
     def extra_repr(self) -> str:
-        if self.mode == "code":
-            return "mode='code'"
-        return f"alpha={self.alpha}, gamma={self.gamma}, delta={self.delta}, mode='dynamic'"
+        if self.mode not in _STATEFUL:
+            return f"mode={self.mode!r}, fixed_weights={self.fixed_weights}"
+        return f"alpha={self.alpha}, gamma={self.gamma}, delta={self.delta}, mode={self.mode!r}"
 
 
 def focal_weight(p: float, gamma: float) -> float:
@@ -187,6 +209,19 @@ def _checked(name: str, value, default: float, valid, condition: str) -> float:
     if not valid(value):
         raise ValueError(f"{name} must be {condition}, got {value}")
     return float(value)
+
+
+def _checked_weights(weights) -> tuple[float, float]:
+    """fixed_weights as two floats >= 0 (None: (1, 1), the code mode's)."""
+    if weights is None:
+        return 1.0, 1.0
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") or len(weights) != 2:
+        raise TypeError(f"fixed_weights must be a pair (w_id, w_tp), got {weights!r}")
+    for name, value in zip(("fixed_weights[0]", "fixed_weights[1]"), weights):
+        check_float(name, value)
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(weights[0]), float(weights[1])
 
 
 def _loss_value(name: str, loss: torch.Tensor) -> float:
