@@ -10,7 +10,8 @@ write) and peak memory where measured.
 README.md, between BEGIN and END: per device, the headline comparisons (HEADLINES): for each op,
 pass and shape the fused implementation's median and its speed-up over each named baseline, a row
 only where the results hold the case. Between DEMO_BEGIN and DEMO_END: the table of the demo run
-recorded in docs/demo/results.json (reidfast.demo.markdown_report) and its pictures. So no figure
+recorded in bench/results/demo/results.json (reidfast.demo.markdown_report) and its pictures in
+docs/demo/. So no figure
 in the README is typed by hand.
 
 Every ratio compares the medians of one group, measured on one device. `--check` writes nothing
@@ -29,8 +30,9 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (written by bench/report.py from bench/results; do not edit) -->"
 END = "<!-- benchmarks:end -->"
-DEMO = ROOT / "docs" / "demo"
-DEMO_BEGIN = "<!-- demo:begin (written by bench/report.py from docs/demo/results.json; do not edit) -->"
+DEMO_RESULTS = RESULTS / "demo" / "results.json"
+DEMO_PICTURES = ROOT / "docs" / "demo"
+DEMO_BEGIN = "<!-- demo:begin (written by bench/report.py from bench/results/demo/results.json; do not edit) -->"
 DEMO_END = "<!-- demo:end -->"
 BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid")
 
@@ -213,11 +215,10 @@ def readme_section(results):
     return "\n\n".join(parts)
 
 
-def demo_section(folder=DEMO):
+def demo_section(results_path=DEMO_RESULTS, folder=DEMO_PICTURES):
     """The README text between DEMO_BEGIN and DEMO_END: the recorded demo's table and pictures."""
-    results_path = folder / "results.json"
     if not results_path.is_file():
-        return "No demo run is recorded yet (docs/demo/results.json)."
+        return "No demo run is recorded yet (bench/results/demo/results.json)."
     from reidfast.demo import markdown_report
 
     results = json.loads(results_path.read_text())

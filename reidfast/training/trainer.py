@@ -38,6 +38,7 @@ import math
 import os
 import pathlib
 import platform
+import random
 import sys
 import time
 
@@ -571,8 +572,8 @@ def _check_runnable(config: Config, context: DistributedContext) -> None:
     if data.on_error == "skip" and context.is_distributed:
         raise ConfigError("data.on_error='skip' is not supported with several processes: a skipped image would make "
                           "the ranks' batches differ in size")
+    parameters = inspect.signature(CRITERIA[config.method]).parameters
     for option in config.loss.options:
-        parameters = inspect.signature(CRITERIA[config.method]).parameters
         if option not in parameters or option == "num_classes":
             raise ConfigError(f"loss.options.{option}: not an option of the {config.method!r} criterion; its options: "
                               f"{', '.join(p for p in parameters if p != 'num_classes')}")
@@ -580,8 +581,6 @@ def _check_runnable(config: Config, context: DistributedContext) -> None:
 
 def _seed_everything(seed: int) -> None:
     """The same seed on every rank: the model's initial weights are identical everywhere."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
