@@ -113,8 +113,7 @@ def run_demo(output="runs/demo", data="data/synthetic-demo", seeds=(0,), quick: 
                 "wall_seconds": time.perf_counter() - run_started,
             })
     results = {
-        "machine": {"device": torch.cuda.get_device_name() if gpu else cpu_name(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "date": datetime.date.today().isoformat()},
+        "machine": machine(),
         "dataset": {"root": str(data), "train": len(dataset.train), "query": len(dataset.query),
                     "gallery": len(dataset.gallery), "identities": dataset.num_train_pids},
         "setup_seconds": setup_seconds,
@@ -132,6 +131,14 @@ def run_demo(output="runs/demo", data="data/synthetic-demo", seeds=(0,), quick: 
     shutil.copytree(pyramid / "ranked", output / "pyramid-ranked")
     print("\n" + report)
     return results
+
+
+def machine() -> dict:
+    """The device runs train on (the GPU's name when one is present, else the CPU's), the threads
+    torch uses, torch's version and today's date: the header of every recorded training result."""
+    gpu = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if gpu else cpu_name(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
 
 
 def markdown_report(results: dict) -> str:

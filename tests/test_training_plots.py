@@ -133,7 +133,7 @@ GOOD = {"kind": "train", "step": 0, "epoch": 0.0, "loss": 1.0}
     (dict(records=[{**GOOD, "step": 1.0}]), TypeError, r'records\[0\]: "step" must be an int, got float 1.0'),
     (dict(records=[{**GOOD, "step": -1}]), ValueError, r'records\[0\]: "step" must be >= 0, got -1'),
     (dict(records=[{**GOOD, "kind": "test"}]), ValueError,
-     r"records\[0\]: \"kind\" must be one of \('train', 'eval', 'switch'\), got 'test'"),
+     r"records\[0\]: \"kind\" must be one of \('train', 'eval', 'switch', 'trial'\), got 'test'"),
     (dict(records=[]), ValueError, "records hold no numeric series to plot"),
     (dict(records=[{**GOOD, "loss": math.nan, "epoch": 1.0}]), ValueError, "records hold no numeric series to plot"),
     (dict(path="missing_folder/curves.png"), FileNotFoundError, "path: folder 'missing_folder' does not exist"),

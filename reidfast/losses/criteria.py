@@ -303,11 +303,17 @@ class PLACriterion(Criterion):
         self, triplet_weight: float = 1.0, margin: float = 0.1, k: int = 1, p: int = 1, backend: str | None = None
     ):
         super().__init__()
-        self.triplet_weight = _check_float_in("triplet_weight", triplet_weight, 0.0, 2.0)
+        self.backend = backend
+        self.set_options(triplet_weight, margin, k, p)
+
+    def set_options(self, triplet_weight: float, margin: float, k: int, p: int) -> None:
+        """Sets (lambda, m, k, p), checked as in the constructor: what PLA's progressive search
+        changes between its phases (reidfast.training.progressive)."""
+        triplet_weight = _check_float_in("triplet_weight", triplet_weight, 0.0, 2.0)
         check_float("margin", margin)
         check_int("k", k, minimum=1)
         check_int("p", p, minimum=1)
-        self.margin, self.k, self.p, self.backend = float(margin), k, p, backend
+        self.triplet_weight, self.margin, self.k, self.p = triplet_weight, float(margin), k, p
 
     def _losses(self, output: PLAOutput, labels):
         logits = self._logits(output, "logits")

@@ -130,6 +130,9 @@ class OptimizerConfig:
     weight_decay: L2 penalty of weights; `decay_norm_and_bias` says whether BatchNorm
         parameters and biases get it too (the papers' code gives them the same decay: True).
     momentum, nesterov: SGD's. betas: Adam's (beta1, beta2).
+    beta1_switch_epoch, beta1_after: from this epoch on, Adam's beta1 is `beta1_after` (PLA:
+        0.5 after epoch 150; None: no switch). The epoch is the run's, or under PLA's
+        progressive search the current trial's or exploitation's.
     """
 
     name: str = "sgd"
@@ -140,6 +143,8 @@ class OptimizerConfig:
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
+    beta1_switch_epoch: Optional[int] = None
+    beta1_after: float = 0.5
 
 
 @dataclasses.dataclass
@@ -200,6 +205,35 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class ProgressiveConfig:
+    """PLA's progressive learning (its Algorithm 1, Eq. 6-9; reidfast.training.progressive), for
+    method "pla". The run's `schedule.epochs` is the total budget, every epoch trained counted.
+
+    enabled: run the search (False: train with `loss.options` throughout).
+    candidates: trials per round (N); the first round's are `loss.options` and random draws,
+        the later rounds' the Gaussian process's expected-improvement choices.
+    explore_epochs: epochs each trial trains from the round's restore point (even: Eq. 9
+        compares the mean validation loss of its first half with its second half's).
+    exploit_epochs: epochs of each round's exploitation with the best parameters found so far.
+        The learning-rate schedule (`schedule`, its length replaced by this) and the beta1
+        switch restart in every trial and every exploitation.
+    expected_drop: ED of Eq. 9, the healthy relative drop of the loss.
+    triplet_weight_range, margin_range: the search ranges of lambda and m (k and p range over
+        [1, K] and [1, P] of the batches).
+    validation_images: images of each training identity held out to score the trials.
+    """
+
+    enabled: bool = False
+    candidates: int = 5
+    explore_epochs: int = 20
+    exploit_epochs: int = 300
+    expected_drop: float = 0.15
+    triplet_weight_range: tuple[float, float] = (0.0, 2.0)
+    margin_range: tuple[float, float] = (-0.1, 0.3)
+    validation_images: int = 2
+
+
+@dataclasses.dataclass
 class EvaluationConfig:
     """Retrieval evaluation on the query and gallery splits.
 
@@ -208,6 +242,11 @@ class EvaluationConfig:
         images of its identity and camera (the dataset's `multi_query` images, e.g. Market-1501's
         gt_bbox/ with `data.options.multi_query: true`, and the other queries;
         reidfast.evaluation.pool_queries).
+    ten_crop: average each image's features over 10 crops (PLA's test-time augmentation: the
+        image enlarged 1.125 times, its four corners and centre at the input size, and their
+        mirrors).
+    pca_dim: project the features on this many principal components of the training images'
+        features (PLA: 512; None: no projection).
     rerank: k-reciprocal re-ranking (reidfast.evaluation.rerank). batch_size: images per forward.
     max_rank: CMC length. ranked_results: queries drawn in the ranked-results PNG (0: none).
     """
@@ -215,6 +254,8 @@ class EvaluationConfig:
     metric: str = "euclidean"
     flip: bool = False
     multi_query: str = "none"
+    ten_crop: bool = False
+    pca_dim: Optional[int] = None
     rerank: bool = False
     batch_size: int = 128
     max_rank: int = 50
@@ -240,6 +281,7 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    progressive: ProgressiveConfig = dataclasses.field(default_factory=ProgressiveConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
 
@@ -263,7 +305,10 @@ MINIMA = {
     "schedule.min_factor": 0.0, "schedule.decay_start": 0, "schedule.warmup_epochs": 0,
     "schedule.warmup_start_factor": 0.0, "train.max_steps": 1, "train.log_every": 1, "train.eval_every": 0,
     "train.checkpoint_every": 0, "train.keep_last": 1, "train.grad_clip": 0.0, "evaluation.batch_size": 1,
-    "evaluation.max_rank": 1, "evaluation.ranked_results": 0,
+    "evaluation.max_rank": 1, "evaluation.ranked_results": 0, "evaluation.pca_dim": 1,
+    "optimizer.beta1_switch_epoch": 0, "optimizer.beta1_after": 0.0, "progressive.candidates": 1,
+    "progressive.explore_epochs": 2, "progressive.exploit_epochs": 1, "progressive.expected_drop": 0.0,
+    "progressive.validation_images": 1,
 }
 
 

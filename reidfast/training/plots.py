@@ -1,9 +1,10 @@
 """Training curves: the metrics a run logs (`metrics.jsonl`), drawn as one PNG of panels with
 Pillow (no plotting library needed).
 
-Records are dicts with an int "step" (the optimiser step, >= 0), a "kind" ("train", "eval" or
-"switch") and numeric fields; other values (strings, nested data), the keys "step" and "epoch" and
-the "switch" records (Pyramid's sampler changes, a log of decisions) are not drawn.
+Records are dicts with an int "step" (the optimiser step, >= 0), a "kind" ("train", "eval",
+"switch" or "trial") and numeric fields; other values (strings, nested data), the keys "step" and
+"epoch", the "switch" records (Pyramid's sampler changes, a log of decisions) and the "trial"
+records (PLA's scored search trials) are not drawn.
 Non-finite values, values beyond +-LARGEST (no axis of float64 ticks spans them) and missing keys
 leave a gap: the point is skipped.
 
@@ -87,7 +88,7 @@ PALETTE = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 EVAL_METRICS = ("mAP", "rank1", "rank5", "mINP")
-KINDS = ("train", "eval", "switch")
+KINDS = ("train", "eval", "switch", "trial")
 _NOT_DRAWN = ("step", "epoch", "skipped_images")  # skipped_images: a count of unreadable files, not a curve
 _TICKS = 5  # intervals aimed at per axis: enough to read a value off, few enough to label
 
@@ -165,7 +166,7 @@ def _read_records(records) -> list[tuple[str, Mapping]]:
 
 
 def _panel_of(kind: str, key: str) -> str | None:
-    if key in _NOT_DRAWN or kind == "switch":
+    if key in _NOT_DRAWN or kind in ("switch", "trial"):
         return None
     if kind == "eval":
         return "evaluation" if key in EVAL_METRICS else None

@@ -27,14 +27,27 @@ class LRSchedule:
     recipes state it (PLR-OSNet: "x0.1 at 60 and 90"; MGN: "at 40 and 60"); cosine and
     exponential change step by step.
 
+    With `beta1_switch` = (S1, b), Adam's beta1 is b from epoch S1 on and the groups' own before
+    (PLA: 0.9, then 0.5 after epoch 150).
+
     Args:
         optimizer: its groups' "base_lr" entries (set by the trainer) are the rates at factor 1.
         schedule: the run's ScheduleConfig.
         steps_per_epoch: optimizer steps per epoch (>= 1).
+        beta1_switch: (epoch, beta1) or None; the optimizer's groups must have "betas".
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, steps_per_epoch: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, steps_per_epoch: int,
+                 beta1_switch: tuple[int, float] | None = None):
         check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+        if beta1_switch is not None:
+            if "betas" not in optimizer.param_groups[0]:
+                raise ValueError(f"beta1_switch={beta1_switch} needs an optimizer with betas (Adam), got "
+                                 f"{type(optimizer).__name__}")
+            if not 0.0 <= beta1_switch[1] < 1.0:
+                raise ValueError(f"beta1_switch's beta1 must lie in [0, 1), got {beta1_switch[1]}")
+        self.beta1_switch = beta1_switch
+        self.base_beta1 = [group["betas"][0] for group in optimizer.param_groups] if beta1_switch else []
         for index, group in enumerate(optimizer.param_groups):
             if "base_lr" not in group:
                 raise ValueError(f"optimizer.param_groups[{index}] has no 'base_lr' entry")
@@ -69,8 +82,12 @@ class LRSchedule:
         return 1.0
 
     def apply(self, step: int) -> float:
-        """Sets every group's rate for step `step`; returns the factor."""
+        """Sets every group's rate (and beta1, with a switch) for step `step`; returns the factor."""
         factor = self.factor(step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
+        if self.beta1_switch is not None:
+            switched = step / self.steps_per_epoch >= self.beta1_switch[0]
+            for group, base in zip(self.optimizer.param_groups, self.base_beta1):
+                group["betas"] = (self.beta1_switch[1] if switched else base, group["betas"][1])
         return factor

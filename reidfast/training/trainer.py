@@ -31,7 +31,9 @@ one process would on the concatenated batches (BatchNorm apart: per rank, unless
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import importlib.util
 import inspect
 import json
 import math
@@ -58,7 +60,15 @@ from reidfast.data import (
     transforms_for,
 )
 from reidfast.data.transforms import BatchTransform, Transforms
-from reidfast.evaluation import evaluate, evaluate_rank, plot_ranked_results, pool_queries, rerank
+from reidfast.evaluation import (
+    evaluate,
+    evaluate_rank,
+    fit_pca,
+    plot_ranked_results,
+    pool_queries,
+    rerank,
+    ten_crop_features,
+)
 from reidfast.losses import build_criterion
 from reidfast.losses.criteria import CRITERIA
 from reidfast.models import build_model, model_class
@@ -76,6 +86,14 @@ from reidfast.training.distributed import (
     reduce_mean,
 )
 from reidfast.training.plots import plot_training_curves
+from reidfast.training.progressive import (
+    PARAMETERS,
+    OptunaStudy,
+    ProgressiveSearch,
+    RankZeroStudy,
+    hold_out_images,
+    validation_loss,
+)
 from reidfast.training.samplers import AnchorBatchSampler, IdentityBatchSampler, SwitchingBatchSampler
 from reidfast.training.schedule import LRSchedule
 
@@ -163,27 +181,45 @@ class _Run:
         dataset = _read_dataset(config.data, context)
         self.model = _build_model(config, dataset.num_train_pids).to(self.device)
         self.criterion = _build_criterion(config, dataset.num_train_pids).to(self.device)
-        self.data = _build_data(config, context, dataset, self.criterion)
+        if config.evaluation.pca_dim is not None:
+            _check_pca_dim(config, self.model, len(dataset.train), self.device)
+        train_records, validation_records = dataset.train, []
+        if config.progressive.enabled:  # PLA's trials are scored on held-out images
+            train_records, validation_records = hold_out_images(
+                dataset.train, config.progressive.validation_images, config.seed)
+        self.data = _build_data(config, context, dataset, self.criterion, train_records)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _build_optimizer(config, self.model, self.criterion)
-        self.schedule = LRSchedule(self.optimizer, config.schedule, self.data.steps_per_epoch)
+        schedule = config.schedule
+        if config.progressive.enabled:  # restarted in every phase of the search
+            schedule = dataclasses.replace(schedule, epochs=config.progressive.exploit_epochs)
+        opt = config.optimizer
+        beta1_switch = None if opt.beta1_switch_epoch is None else (opt.beta1_switch_epoch, opt.beta1_after)
+        try:
+            self.schedule = LRSchedule(self.optimizer, schedule, self.data.steps_per_epoch, beta1_switch=beta1_switch)
+        except ValueError as error:
+            raise ConfigError(f"schedule / optimizer: {error}") from None
+        self.validation = _validation_batches(config, context, validation_records, self.data.test_transform)
         self.scaler = torch.amp.GradScaler("cuda") if config.train.amp == "float16" else None
         self.network = _wrap(self.model, config, context)
         # Dropout and anything else drawing from the global generators differ between ranks.
         torch.manual_seed(config.seed * 1_000_003 + context.rank)
         self.step, self.epoch, self.position, self.best, self.last_metrics = 0, 0, 0, None, None
         self.sampling = getattr(self.criterion, "sampling", None)  # the decision the last step left
+        self.search, self.restore_point = None, None
         # Everything is built and checked: the run folder may be written now.
         self.checkpoints = CheckpointFolder(checkpoint_dir, keep_last=config.train.keep_last)
-        if latest is not None:
-            self._restore(load_checkpoint(latest, map_location=self.device), latest)
-        elif context.is_main:
+        if latest is None and context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(config))
             (self.run_dir / "env.json").write_text(json.dumps(_environment(context), indent=2) + "\n")
             (self.run_dir / "metrics.jsonl").write_text("")
         barrier(context)
+        if config.progressive.enabled:
+            self.search = self._build_search()
+        if latest is not None:
+            self._restore(load_checkpoint(latest, map_location=self.device), latest)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard = _tensorboard_writer(self.run_dir, context, self.step)
 
@@ -198,11 +234,16 @@ class _Run:
         final_metrics = None
         try:
             while self.step < total_steps:
+                if self.search is not None:
+                    self._begin_search_epoch()
                 epoch_seconds, epoch_images, completed = self._train_one_epoch(total_steps, progress)
                 seconds, images = seconds + epoch_seconds, images + epoch_images
                 if completed:  # a whole epoch: evaluate, checkpoint
                     self.epoch, self.position = self.epoch + 1, 0
-                    due = config.train.eval_every and self.epoch % config.train.eval_every == 0
+                    exploiting = self.search is None or self.search.phase == "exploit"  # trials are not evaluated
+                    if self.search is not None:
+                        self._end_search_epoch()
+                    due = exploiting and config.train.eval_every and self.epoch % config.train.eval_every == 0
                     last = self.step >= total_steps
                     metrics = self._evaluate() if due or last else None
                     final_metrics = metrics if last else final_metrics
@@ -236,7 +277,7 @@ class _Run:
         seconds spent, the images this rank trained on, and whether the epoch is complete."""
         config, context = self.config, self.context
         sampler = self.data.loader.batch_sampler
-        sampler.set_epoch(self.epoch)
+        sampler.set_epoch(self.search.data_epoch if self.search is not None else self.epoch)
         self.network.train()
         self.criterion.train()
         window: dict[str, float] = {}
@@ -247,7 +288,7 @@ class _Run:
             started = time.perf_counter()
             batch = batch.to(self.device, non_blocking=config.data.pin_memory)
             inputs = self.data.batch_transform(batch.images)
-            factor = self.schedule.apply(self.step)
+            factor = self.schedule.apply(self._schedule_step())
             with autocast:
                 output = gather_with_grad(self.network(inputs), context)
             labels = all_gather_variable(batch.pids, context) if context.is_distributed else batch.pids
@@ -303,6 +344,61 @@ class _Run:
             self._log("switch", {"from": self.sampling, **self.criterion.decision_state()})
         self.sampling = sampling
 
+    # ----------------------------------------------------------------------------------------
+    # PLA's progressive search (reidfast.training.progressive)
+
+    def _build_search(self) -> ProgressiveSearch:
+        """The search's state machine over an optuna study in run_dir/study.journal (rank 0's)."""
+        config = self.config
+        settings, data = config.progressive, config.data
+        defaults = {name: getattr(self.criterion, name) for name in PARAMETERS}
+        study = None
+        if self.context.is_main:
+            study = OptunaStudy(
+                self.run_dir / "study.journal", config.seed, data.identities_per_batch, data.images_per_identity,
+                settings.triplet_weight_range, settings.margin_range, defaults, startup_trials=settings.candidates)
+        return ProgressiveSearch(settings, config.schedule.epochs, defaults, RankZeroStudy(study, self.context))
+
+    def _schedule_step(self) -> int:
+        """The step the learning-rate schedule reads: the run's, or the search phase's."""
+        if self.search is None:
+            return self.step
+        return self.search.phase_epoch * self.data.steps_per_epoch + self.position
+
+    def _begin_search_epoch(self) -> None:
+        """Before an epoch: the restore point at a round's start, the phase's loss options."""
+        if self.search.starts_round() and self.position == 0:
+            self.restore_point = {
+                "model": copy.deepcopy(self.model.state_dict()),
+                "criterion": copy.deepcopy(self.criterion.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "random": random_state(),
+                "batch_transform": self.data.batch_transform.state_dict(),
+            }
+        self.criterion.set_options(**self.search.params())
+
+    def _end_search_epoch(self) -> None:
+        """After an epoch: the trial's validation loss; at a trial's end its record and the
+        restore point's weights, optimizer state and random streams back."""
+        phase, round_ = self.search.phase, self.search.state.round
+        loss = validation_loss(self.model, self.criterion, self.validation) if phase == "explore" else None
+        restore = self.search.end_epoch(loss)
+        if restore:
+            trial = self.search.state.trials[-1]
+            self._log("trial", {"round": trial["round"], "trial": trial["trial"], **trial["params"],
+                                "first_half": trial["first_half"], "second_half": trial["second_half"],
+                                "drop": trial["drop"], "objective": trial["objective"]})
+            point = self.restore_point
+            self.model.load_state_dict(point["model"])
+            self.criterion.load_state_dict(point["criterion"])
+            self.optimizer.load_state_dict(copy.deepcopy(point["optimizer"]))
+            restore_random_state(point["random"])
+            self.data.batch_transform.load_state_dict(point["batch_transform"])
+        if self.context.is_main and (restore or self.search.state.round != round_):
+            state = self.search.state
+            tables = {"trials": state.trials, "exploitations": state.exploitations}
+            (self.run_dir / "trials.json").write_text(json.dumps(tables, indent=2) + "\n")
+
     def _clip(self) -> None:
         if self.config.train.grad_clip is not None:
             parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -329,9 +425,10 @@ class _Run:
     # ----------------------------------------------------------------------------------------
     def _checkpoint(self, metrics: dict | None) -> None:
         """Writes the checkpoint of this step (rank 0), with every rank's random state."""
-        ranks = _gather_objects(
-            {"random": random_state(), "batch_transform": self.data.batch_transform.state_dict()}, self.context
-        )
+        mine = {"random": random_state(), "batch_transform": self.data.batch_transform.state_dict()}
+        if self.restore_point is not None:
+            mine["restore_point"] = {key: self.restore_point[key] for key in ("random", "batch_transform")}
+        ranks = _gather_objects(mine, self.context)
         if metrics is not None:
             self.best = metrics["mAP"] if self.best is None else max(self.best, metrics["mAP"])
             self.last_metrics = metrics
@@ -352,13 +449,19 @@ class _Run:
                 "config": config_to_dict(self.config),
                 "world_size": self.context.world_size,
                 "num_train_pids": self.data.dataset.num_train_pids,
+                "search": self.search.state_dict() if self.search is not None else None,
+                "restore_point": None if self.restore_point is None else {
+                    key: self.restore_point[key] for key in ("model", "criterion", "optimizer")},
             }
             self.checkpoints.save(self.step, state, metric=None if metrics is None else metrics["mAP"])
         barrier(self.context)
 
     def _restore(self, state: dict, path: pathlib.Path) -> None:
-        differences = [key for key in _differences(state.get("config") or {}, config_to_dict(self.config))
-                       if key not in RESUME_MAY_CHANGE]
+        try:  # read through load_config: keys added to the config since the run started take their defaults
+            saved = config_to_dict(load_config(state.get("config") or {}))
+        except ConfigError as error:
+            raise ConfigError(f"resuming {str(path)!r}: the run's config no longer reads: {error}") from None
+        differences = [key for key in _differences(saved, config_to_dict(self.config)) if key not in RESUME_MAY_CHANGE]
         if differences:
             raise ConfigError(
                 f"resuming {str(path)!r}: the config differs from the run's in {', '.join(sorted(differences))}; resume "
@@ -382,6 +485,11 @@ class _Run:
         mine = state["ranks"][self.context.rank]
         restore_random_state(mine["random"])
         self.data.batch_transform.load_state_dict(mine["batch_transform"])
+        if self.search is not None:
+            self.search.load_state_dict(state["search"])
+            self.criterion.set_options(**self.search.params())
+            if state["restore_point"] is not None:
+                self.restore_point = {**state["restore_point"], **mine["restore_point"]}
         if self.context.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
@@ -405,14 +513,19 @@ class _Run:
 def evaluate_model(model: nn.Module, dataset, test_transform, config: Config, context: DistributedContext,
                    ranked_dir: pathlib.Path | None = None) -> dict:
     """{"mAP", "rank1", "rank5", "mINP"} of `model` on `dataset`'s query and gallery splits, as
-    `config.evaluation` says (metric, flip averaging, re-ranking); every rank gets them. The
-    images are split across ranks and their features gathered; rank 0 ranks them and, with
-    `ranked_dir` and `evaluation.ranked_results` > 0, draws that many queries' ranked results."""
+    `config.evaluation` says (metric, flip or 10-crop averaging, PCA fitted on the training
+    images' features, multi-query pooling, re-ranking); every rank gets them. The images are
+    split across ranks and their features gathered; rank 0 ranks them and, with `ranked_dir` and
+    `evaluation.ranked_results` > 0, draws that many queries' ranked results."""
     query = extract_features(model, dataset.query, test_transform, config, context)
     gallery = extract_features(model, dataset.gallery, test_transform, config, context)
     ev = config.evaluation
     extra = getattr(dataset, "multi_query", []) if ev.multi_query != "none" else []
     extra_features = extract_features(model, extra, test_transform, config, context) if extra else None
+    if ev.pca_dim is not None:
+        pca = fit_pca(extract_features(model, dataset.train, test_transform, config, context), ev.pca_dim)
+        query, gallery = pca.project(query), pca.project(gallery)
+        extra_features = None if extra_features is None else pca.project(extra_features)
     metrics = None
     if context.is_main:
         q_pids, g_pids, q_camids, g_camids = labels = [
@@ -448,7 +561,8 @@ def evaluate_model(model: nn.Module, dataset, test_transform, config: Config, co
 def extract_features(model: nn.Module, records, test_transform, config: Config,
                      context: DistributedContext) -> torch.Tensor:
     """The eval-mode features of `records` (Tensor[len(records), D] float32 on the context's
-    device): each rank embeds a contiguous share, gathered in rank order."""
+    device; averaged with the mirror's or over 10 crops as `config.evaluation` says): each rank
+    embeds a contiguous share, gathered in rank order."""
     rank, world = context.rank, context.world_size
     share = records[len(records) * rank // world:len(records) * (rank + 1) // world]
     loader = build_test_loader(ReIDImageDataset(share, test_transform.sample), config.evaluation.batch_size,
@@ -459,9 +573,12 @@ def extract_features(model: nn.Module, records, test_transform, config: Config,
     with _autocast(config, context.device):
         for batch in loader:
             images = test_transform.batch(batch.images.to(context.device))
-            features = model(images)
-            if config.evaluation.flip:
-                features = (features + model(images.flip(-1))) / 2
+            if config.evaluation.ten_crop:
+                features = ten_crop_features(model, images)
+            else:
+                features = model(images)
+                if config.evaluation.flip:
+                    features = (features + model(images.flip(-1))) / 2
             chunks.append(features.float())
     model.train(was_training)
     return all_gather_variable(torch.cat(chunks), context)
@@ -572,11 +689,85 @@ def _check_runnable(config: Config, context: DistributedContext) -> None:
     if data.on_error == "skip" and context.is_distributed:
         raise ConfigError("data.on_error='skip' is not supported with several processes: a skipped image would make "
                           "the ranks' batches differ in size")
+    if config.progressive.enabled:
+        _check_progressive(config)
+    if config.evaluation.ten_crop and config.evaluation.flip:
+        raise ConfigError("evaluation.ten_crop averages over the mirrored crops already: set evaluation.flip to false")
     parameters = inspect.signature(CRITERIA[config.method]).parameters
     for option in config.loss.options:
         if option not in parameters or option == "num_classes":
             raise ConfigError(f"loss.options.{option}: not an option of the {config.method!r} criterion; its options: "
                               f"{', '.join(p for p in parameters if p != 'num_classes')}")
+
+
+def _check_progressive(config: Config) -> None:
+    """PLA's search: its method, its batches and its ranges (before anything is built)."""
+    settings = config.progressive
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("progressive.enabled needs optuna >= 4.0 (its GPSampler and journal storage): "
+                          "pip install 'reidfast[search]'")
+    if config.method != "pla":
+        raise ConfigError(f"progressive.enabled searches PLA's loss options; method is {config.method!r}")
+    if config.data.sampler != "identity":
+        raise ConfigError(f"progressive.enabled needs data.sampler='identity' (k and p range over its P x K batches), "
+                          f"got {config.data.sampler!r}")
+    if settings.explore_epochs % 2:
+        raise ConfigError(f"progressive.explore_epochs must be even (Eq. 9 compares its two halves), got "
+                          f"{settings.explore_epochs}")
+    for name in ("triplet_weight_range", "margin_range"):
+        low, high = getattr(settings, name)
+        if not low < high:
+            raise ConfigError(f"progressive.{name} must be (low, high) with low < high, got {[low, high]}")
+    low, high = settings.triplet_weight_range
+    if low < 0 or high > 2:
+        raise ConfigError(f"progressive.triplet_weight_range must lie in [0, 2] (PLA's lambda), got {[low, high]}")
+    options = config.loss.options
+    bounds = {"triplet_weight": settings.triplet_weight_range, "margin": settings.margin_range,
+              "k": (1, config.data.images_per_identity), "p": (1, config.data.identities_per_batch)}
+    for name, (low, high) in bounds.items():
+        if name in options and not low <= options[name] <= high:
+            raise ConfigError(f"loss.options.{name}={options[name]!r}, the search's first candidate, lies outside its "
+                              f"search range [{low}, {high}]")
+
+
+def _check_pca_dim(config: Config, model: nn.Module, train_images: int, device: torch.device) -> None:
+    """evaluation.pca_dim against the model's embedding size (one forward of a blank image) and
+    the training images the projection is fitted on."""
+    recipe = recipe_for(config.method, **config.data.transforms)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = model(torch.zeros(1, 3, recipe.height, recipe.width, device=device)).shape[-1]
+    model.train(was_training)
+    limit = min(dim, train_images - 1)
+    if config.evaluation.pca_dim > limit:
+        raise ConfigError(f"evaluation.pca_dim={config.evaluation.pca_dim} exceeds what the {train_images} training "
+                          f"images' {dim}-dimensional features span (at most {limit})")
+
+
+def _validation_batches(config: Config, context: DistributedContext, records: list,
+                        test_transform: Transforms) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out images of PLA's search as batches of (images, labels) on the run's device:
+    the images of P identities (`data.identities_per_batch`; the last batch takes a lone
+    remaining identity) per batch, in label order, through the test transform."""
+    if not records:
+        return []
+    loader = build_test_loader(ReIDImageDataset(records, test_transform.sample), config.evaluation.batch_size,
+                               num_workers=config.data.num_workers)
+    images = torch.cat([batch.images for batch in loader])
+    labels = torch.tensor([record.pid for record in records])
+    order = torch.argsort(labels, stable=True)
+    images, labels = images[order], labels[order]
+    identities = torch.unique_consecutive(labels).tolist()
+    size = config.data.identities_per_batch
+    groups = [identities[start:start + size] for start in range(0, len(identities), size)]
+    if len(groups) > 1 and len(groups[-1]) < 2:  # a lone identity has no negatives: it joins the batch before
+        groups[-2] += groups.pop()
+    batches = []
+    for group in groups:
+        chosen = torch.isin(labels, torch.tensor(group))
+        batches.append((test_transform.batch(images[chosen].to(context.device)), labels[chosen].to(context.device)))
+    return batches
 
 
 def _seed_everything(seed: int) -> None:
@@ -586,8 +777,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_data(config: Config, context: DistributedContext, dataset, criterion: nn.Module) -> _Data:
-    """The training loader (the config's sampler over the training split) and the transforms."""
+def _build_data(config: Config, context: DistributedContext, dataset, criterion: nn.Module, records: list) -> _Data:
+    """The training loader (the config's sampler over `records`, the training split or the part
+    of it not held out) and the transforms."""
     data, device = config.data, context.device
     try:
         recipe_for(config.method, **data.transforms)
@@ -596,9 +788,9 @@ def _build_data(config: Config, context: DistributedContext, dataset, criterion:
     sample, batch = transforms_for(config.method, True, device, config.seed * 1_000_003 + context.rank,
                                    **data.transforms)
     test = transforms_for(config.method, False, device, 0, **data.transforms)
-    labels = [record.pid for record in dataset.train]
-    sampler = build_sampler(config, context, labels, [record.camid for record in dataset.train], criterion)
-    train_set = ReIDImageDataset(dataset.train, sample, on_error=data.on_error)
+    labels = [record.pid for record in records]
+    sampler = build_sampler(config, context, labels, [record.camid for record in records], criterion)
+    train_set = ReIDImageDataset(records, sample, on_error=data.on_error)
     loader = build_train_loader(train_set, sampler, seed=config.seed, rank=context.rank, num_workers=data.num_workers,
                                 pin_memory=data.pin_memory)
     return _Data(dataset, loader, batch, test, len(sampler))

@@ -1,0 +1,146 @@
+"""Trains the methods on the synthetic set and records the figures of the README's "Training the
+methods" section in bench/results/training/<study>.json (bench/report.py writes the section).
+
+    python bench/train_methods.py methods        # every method at one budget: the synthetic configs
+    python bench/train_methods.py pyramid-modes  # Pyramid's weighting modes at one budget
+    python bench/train_methods.py pla-search     # PLA: the Bayesian search vs its fixed defaults
+
+Each study trains its runs in `--output`/<study>/<run>-seed<seed> (resumable: a study started
+again continues unfinished runs from their checkpoints and re-evaluates finished ones) on the
+synthetic set in `--data` (the demo's; generated on first use). These are measurements, not tests:
+they take minutes to an hour on a CPU.
+
+Pyramid's modes (docs/methods.md section 1), all with the same network, input, optimizer and steps:
+    code        the authors' release: L_id + L_tp on identity-balanced batches (the default)
+    paper       Algorithm 1 as written: Eq. 7's focal weights, random vs identity batches
+                switched batch by batch (random batches of P * K images)
+    normalized  Algorithm 1's decisions with Eq. 7's weights rescaled to sum to 2 (the remedy)
+    fixed       constant weights (0.5, 1.5) on identity batches: a constant emphasis on the
+                triplet loss, the direction in which Eq. 7 leans
+The modes that vary their weights log every step (train.log_every=1), so the record holds each
+run's switch count and the distribution of the weights the criterion applied.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "training"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of a study: a shipped config and the overrides that make the variant."""
+
+    name: str
+    key: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+PYRAMID_PER_STEP = ("train.log_every=1",)
+STUDIES = {
+    "methods": (
+        Entry("Pyramid", "pyramid", "pyramid-synthetic"),
+        Entry("PCB", "pcb", "pcb-synthetic"),
+        Entry("MGN", "mgn", "mgn-synthetic"),
+        Entry("PLA", "pla", "pla-synthetic"),
+        Entry("Adaptive margin", "adaptive_margin", "adaptive_margin-synthetic"),
+        Entry("PLR-OSNet", "plr_osnet", "plr_osnet-synthetic"),
+    ),
+    "pyramid-modes": (
+        Entry("code", "code", "pyramid-synthetic"),
+        Entry("paper", "paper", "pyramid-synthetic", (
+            *PYRAMID_PER_STEP, "loss.options.weighting=dynamic", "data.sampler=switching")),
+        Entry("normalized", "normalized", "pyramid-synthetic", (
+            *PYRAMID_PER_STEP, "loss.options.weighting=normalized", "data.sampler=switching")),
+        Entry("fixed", "fixed", "pyramid-synthetic", (
+            *PYRAMID_PER_STEP, "loss.options.weighting=fixed", "loss.options.fixed_weights=[0.5, 1.5]")),
+    ),
+    "pla-search": (
+        Entry("fixed defaults", "fixed", "pla-synthetic", (
+            "schedule.epochs=16", "data.batches_per_epoch=25")),
+        Entry("Bayesian search", "search", "pla-synthetic", (
+            "schedule.epochs=16", "data.batches_per_epoch=25", "progressive.enabled=true",
+            "progressive.candidates=3", "progressive.explore_epochs=2", "progressive.exploit_epochs=2")),
+    ),
+}
+
+
+def switching_summary(run_dir: pathlib.Path) -> dict:
+    """From a run's metrics.jsonl: the number of sampler switches, and the quartiles of the
+    identity and triplet weights over its train records (one per step where logged every step)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in records if record["kind"] == "train"]
+    summary = {"switches": sum(record["kind"] == "switch" for record in records)}
+    for name in ("id_weight", "triplet_weight"):
+        values = [record[name] for record in steps]
+        summary[name] = dict(zip(("q25", "median", "q75"), statistics.quantiles(values, n=4)), min=min(values),
+                             max=max(values))
+    return summary
+
+
+def search_summary(run_dir: pathlib.Path) -> dict:
+    """A PLA search run's trials table (trials.json in its run folder)."""
+    return json.loads((run_dir / "trials.json").read_text())
+
+
+def run_study(study: str, output: pathlib.Path, data: pathlib.Path, seeds: list[int]) -> dict:
+    from reidfast.data import make_synthetic_reid
+    from reidfast.demo import machine
+    from reidfast.training import load_config, train
+
+    entries = STUDIES[study]
+    first = load_config(entries[0].config, [f"data.root={data}"])
+    dataset = make_synthetic_reid(data, **first.data.options)
+    runs = []
+    for seed in seeds:
+        for entry in entries:
+            run_dir = output / study / f"{entry.key}-seed{seed}"
+            config = load_config(entry.config, [
+                f"data.root={data}", f"output_dir={run_dir}", f"seed={seed}", *entry.overrides])
+            print(f"\n{study}: {entry.name}, seed {seed}: {run_dir}", flush=True)
+            started = time.perf_counter()
+            result = train(config, resume=True)
+            row = {"name": entry.name, "key": entry.key, "config": entry.config, "overrides": list(entry.overrides),
+                   "seed": seed, **result.metrics, "steps": result.steps, "train_seconds": result.train_seconds,
+                   "images_per_s": result.images_per_s, "wall_seconds": time.perf_counter() - started}
+            if study == "pyramid-modes":
+                row["switching"] = switching_summary(run_dir)
+            if "progressive.enabled=true" in entry.overrides:
+                row["search"] = search_summary(run_dir)
+            runs.append(row)
+    return {
+        "study": study,
+        "machine": machine(),
+        "dataset": {"root": "data/synthetic-demo", "train": len(dataset.train), "query": len(dataset.query),
+                    "gallery": len(dataset.gallery), "identities": dataset.num_train_pids},
+        "seeds": seeds,
+        "runs": runs,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/compare"))
+    parser.add_argument("--data", type=pathlib.Path, default=pathlib.Path("data/synthetic-demo"))
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS,
+                        help="folder of the <study>.json record (default: bench/results/training)")
+    args = parser.parse_args(argv)
+    results = run_study(args.study, args.output, args.data, args.seeds)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"{args.study}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
