@@ -11,8 +11,9 @@ README.md, between BEGIN and END: per device, the headline comparisons (HEADLINE
 pass and shape the fused implementation's median and its speed-up over each named baseline, a row
 only where the results hold the case. Between DEMO_BEGIN and DEMO_END: the table of the demo run
 recorded in bench/results/demo/results.json (reidfast.demo.markdown_report) and its pictures in
-docs/demo/. So no figure
-in the README is typed by hand.
+docs/demo/. Between TRAINING_BEGIN and TRAINING_END: the studies of bench/train_methods.py recorded
+in bench/results/training/ (every method at one budget, Pyramid's weighting modes, PLA's search
+against its fixed defaults with the trials table). So no figure in the README is typed by hand.
 
 Every ratio compares the medians of one group, measured on one device. `--check` writes nothing
 and exits with status 1 when a file differs from what the results give.
@@ -34,6 +35,9 @@ DEMO_RESULTS = RESULTS / "demo" / "results.json"
 DEMO_PICTURES = ROOT / "docs" / "demo"
 DEMO_BEGIN = "<!-- demo:begin (written by bench/report.py from bench/results/demo/results.json; do not edit) -->"
 DEMO_END = "<!-- demo:end -->"
+TRAINING_RESULTS = RESULTS / "training"
+TRAINING_BEGIN = ("<!-- training:begin (written by bench/report.py from bench/results/training; do not edit) -->")
+TRAINING_END = "<!-- training:end -->"
 BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid")
 
 
@@ -234,6 +238,104 @@ def demo_section(results_path=DEMO_RESULTS, folder=DEMO_PICTURES):
     return "\n\n".join(parts)
 
 
+def training_section(folder=TRAINING_RESULTS):
+    """The README text between TRAINING_BEGIN and TRAINING_END: a table per recorded study of
+    bench/train_methods.py, each metric the mean over the seeds with its range."""
+    parts = []
+    methods = folder / "methods.json"
+    if methods.is_file():
+        results = json.loads(methods.read_text())
+        parts += [f"**Every method at one budget** ({_study_provenance(results)}; `python bench/train_methods.py "
+                  "methods`): each method's `-synthetic` config, ResNet-18 from scratch (PLR-OSNet: OSNet), 3 epochs.",
+                  _metrics_table(results, "method", ("config",))]
+    modes = folder / "pyramid-modes.json"
+    if modes.is_file():
+        results = json.loads(modes.read_text())
+        parts += [f"**Pyramid's weighting modes** ({_study_provenance(results)}; `python bench/train_methods.py "
+                  "pyramid-modes --seeds ...`): `pyramid-synthetic` with each mode of "
+                  "`loss.options.weighting`; switches: sampler changes per run; weights: the median "
+                  "(and range) over the steps of the weights the criterion applied.",
+                  _metrics_table(results, "mode", ("switches", "id_weight", "triplet_weight"))]
+    search = folder / "pla-search.json"
+    if search.is_file():
+        results = json.loads(search.read_text())
+        parts += [f"**PLA: the Bayesian progressive search against its fixed defaults** ({_study_provenance(results)}; "
+                  "`python bench/train_methods.py pla-search`): `pla-synthetic` for 20 epochs of 25 batches each "
+                  "way; the search: 2 rounds of 3 trials of 2 epochs, scored by Eq. 9 on 2 held-out images per "
+                  "identity, and 4 epochs of exploitation.",
+                  _metrics_table(results, "run", ()), *_trials_tables(results)]
+    return "\n\n".join(parts) if parts else "No training study is recorded yet (bench/results/training/)."
+
+
+def _study_provenance(results):
+    machine = results["machine"]
+    return f"{machine['device']}, {machine['threads']} threads, torch {machine['torch']}, {machine['date']}"
+
+
+def _spread(values, scale=1.0, digits=1):
+    values = [scale * value for value in values]
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def _metrics_table(results, first, extra):
+    """One row per study entry: mAP, rank-1, mINP (%) over the seeds, training time, and the
+    `extra` columns ("config", "switches", "id_weight", "triplet_weight")."""
+    rows = {}
+    for run in results["runs"]:
+        rows.setdefault(run["name"], []).append(run)
+    titles = {"config": "config", "switches": "switches", "id_weight": "ID weight", "triplet_weight": "triplet weight"}
+    seeds = ", ".join(map(str, results["seeds"]))
+    header = [first, "mAP", "rank-1", "mINP", "training time", *(titles[name] for name in extra)]
+    lines = [_row(header), "|" + "---|" * len(header)]
+    for name, runs in rows.items():
+        cells = [name, *(_spread([run[metric] for run in runs], 100) for metric in ("mAP", "rank1", "mINP")),
+                 f"{sum(run['train_seconds'] for run in runs) / len(runs):.0f} s"]
+        for column in extra:
+            if column == "config":
+                cells.append(f"`{runs[0]['config']}`")
+            elif column == "switches":
+                cells.append(_spread([run["switching"]["switches"] for run in runs], digits=0))
+            else:
+                medians = [run["switching"][column]["median"] for run in runs]
+                cells.append(f"{_number(sum(medians) / len(medians))} ({_number(min(medians))}-{_number(max(medians))})"
+                             if len(medians) > 1 else _number(medians[0]))
+        lines.append(_row(cells))
+    lines.append("")
+    lines.append(f"Seeds {seeds}" + (" (mean, and range in brackets)" if len(results["seeds"]) > 1 else "")
+                 + f"; metrics in %; synthetic set of {results['dataset']['identities']} training identities.")
+    return "\n".join(lines)
+
+
+def _trials_tables(results):
+    """Each search run's trials and exploitations, in order."""
+    tables = []
+    for run in results["runs"]:
+        if "search" not in run:
+            continue
+        lines = [_row(["round", "trial", "lambda", "m", "k", "p", "mean loss, 1st half", "2nd half", "drop", "Eq. 9 f"]),
+                 "|" + "---|" * 10]
+        for trial in run["search"]["trials"]:
+            params = trial["params"]
+            lines.append(_row([str(trial["round"]), str(trial["trial"]), f"{params['triplet_weight']:.3f}",
+                               f"{params['margin']:.3f}", str(params["k"]), str(params["p"]),
+                               f"{trial['first_half']:.4f}", f"{trial['second_half']:.4f}", f"{trial['drop']:.3f}",
+                               f"{trial['objective']:.3f}"]))
+        exploited = "; ".join(
+            f"round {row['round']}: {row['epochs']} epochs with lambda {row['params']['triplet_weight']:.3f}, "
+            f"m {row['params']['margin']:.3f}, k {row['params']['k']}, p {row['params']['p']}"
+            for row in run["search"]["exploitations"])
+        tables += [f"Trials of the search (seed {run['seed']}):", "\n".join(lines), f"Exploitation: {exploited}."]
+    return tables
+
+
+def _number(value):
+    """Weights span 1e-11 to 2: three significant figures, in exponent notation below 0.01."""
+    return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:.3g}"
+
+
 def splice(readme, section, begin=BEGIN, end=END):
     """`readme` with the text between `begin` and `end` replaced by `section`."""
     start, stop = readme.find(begin), readme.find(end)
@@ -275,7 +377,8 @@ def _provenance(result, cases):
 def outputs(results):
     """{path: the text the results give}."""
     readme = splice(README.read_text(), readme_section(results))
-    return {BENCHMARKS: benchmarks_md(results), README: splice(readme, demo_section(), DEMO_BEGIN, DEMO_END)}
+    readme = splice(readme, demo_section(), DEMO_BEGIN, DEMO_END)
+    return {BENCHMARKS: benchmarks_md(results), README: splice(readme, training_section(), TRAINING_BEGIN, TRAINING_END)}
 
 
 def stale(results):

@@ -44,6 +44,7 @@ class Entry:
 
 
 PYRAMID_PER_STEP = ("train.log_every=1",)
+PLA_BUDGET = ("schedule.epochs=20", "data.batches_per_epoch=25")
 STUDIES = {
     "methods": (
         Entry("Pyramid", "pyramid", "pyramid-synthetic"),
@@ -62,12 +63,13 @@ STUDIES = {
         Entry("fixed", "fixed", "pyramid-synthetic", (
             *PYRAMID_PER_STEP, "loss.options.weighting=fixed", "loss.options.fixed_weights=[0.5, 1.5]")),
     ),
+    # 20 epochs of 25 batches each: the search's two rounds of 3 trials of 2 epochs and 4 epochs
+    # of exploitation (the second round's exploitation takes the 4 epochs left).
     "pla-search": (
-        Entry("fixed defaults", "fixed", "pla-synthetic", (
-            "schedule.epochs=16", "data.batches_per_epoch=25")),
+        Entry("fixed defaults", "fixed", "pla-synthetic", PLA_BUDGET),
         Entry("Bayesian search", "search", "pla-synthetic", (
-            "schedule.epochs=16", "data.batches_per_epoch=25", "progressive.enabled=true",
-            "progressive.candidates=3", "progressive.explore_epochs=2", "progressive.exploit_epochs=2")),
+            *PLA_BUDGET, "progressive.enabled=true", "progressive.candidates=3", "progressive.explore_epochs=2",
+            "progressive.exploit_epochs=4")),
     ),
 }
 

@@ -108,3 +108,28 @@ def test_readme_section_and_splice():
 @pytest.mark.parametrize("value, text", [(0.6312, "0.631"), (2.184, "2.18"), (21.64, "21.6"), (1261.4, "1261")])
 def test_milliseconds_keep_three_figures(value, text):
     assert report._milliseconds(value) == text
+
+
+def test_training_section_renders_each_recorded_study(tmp_path):
+    import json
+
+    machine = {"device": "CPU X", "threads": 2, "torch": "2.0", "date": "2026-01-01"}
+    dataset = {"identities": 100}
+    row = {"mAP": 0.30, "rank1": 0.40, "mINP": 0.10, "train_seconds": 150.0, "config": "pyramid-synthetic"}
+    switching = {"switches": 90, "id_weight": {"median": 1.1e-10}, "triplet_weight": {"median": 0.0094}}
+    modes = {"machine": machine, "dataset": dataset, "seeds": [0, 1], "runs": [
+        {**row, "name": "paper", "seed": 0, "switching": switching},
+        {**row, "name": "paper", "seed": 1, "mAP": 0.20, "switching": {**switching, "switches": 80}}]}
+    trial = {"round": 0, "trial": 0, "params": {"triplet_weight": 1.0, "margin": 0.1, "k": 1, "p": 1},
+             "first_half": 2.0, "second_half": 1.5, "drop": 0.25, "objective": 0.1}
+    search = {"machine": machine, "dataset": dataset, "seeds": [0], "runs": [
+        {**row, "name": "Bayesian search", "seed": 0,
+         "search": {"trials": [trial], "exploitations": [{"round": 0, "epochs": 4, "params": trial["params"]}]}}]}
+    (tmp_path / "pyramid-modes.json").write_text(json.dumps(modes))
+    (tmp_path / "pla-search.json").write_text(json.dumps(search))
+    text = report.training_section(tmp_path)
+    assert "| paper | 25.0 (20.0-30.0) | 40.0 (40.0-40.0) | 10.0 (10.0-10.0) | 150 s | 85 (80-90) | 1.10e-10 (1.10e-10-1.10e-10) | 9.40e-03" in text
+    assert "| 0 | 0 | 1.000 | 0.100 | 1 | 1 | 2.0000 | 1.5000 | 0.250 | 0.100 |" in text
+    assert "round 0: 4 epochs with lambda 1.000, m 0.100, k 1, p 1" in text
+    assert "Every method" not in text  # no methods.json recorded
+    assert report.training_section(tmp_path / "none").startswith("No training study")

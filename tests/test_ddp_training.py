@@ -2,6 +2,7 @@
 concatenated batches: the samplers split the global batch, the outputs are gathered with their
 gradients so the loss is the global batch's, and DDP averages the gradients."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +50,33 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batches(tmp_pa
     assert not torch.equal(initial["fusion.weight"], a["model"]["fusion.weight"])  # the steps moved the weights
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_pla_search_under_two_gloo_processes_asks_rank_0s_study(tmp_path):
+    # Rank 0 holds the study and broadcasts each trial's options; both ranks train with them and
+    # score the same model. Round 0's candidates (the configured options, then a seeded random
+    # draw) do not depend on the scores: the single process's trials have the same options.
+    pytest.importorskip("optuna")
+    root = tmp_path / "data"
+    make_synthetic_reid(root, num_identities=8, images_per_identity=6, height=48, width=24, workers=1)
+
+    def search(output_dir, identities):
+        return [
+            f"data.root={root}", "data.options={num_identities: 8, images_per_identity: 6, height: 48, width: 24}",
+            "data.transforms={height: 48, width: 24}", f"data.identities_per_batch={identities}",
+            "data.images_per_identity=2", "data.batches_per_epoch=1", "data.num_workers=0", "train.progress=false",
+            "train.device=cpu", "evaluation.ranked_results=0", f"output_dir={output_dir}", "schedule.epochs=5",
+            "schedule.warmup_epochs=0", "progressive.enabled=true", "progressive.candidates=2",
+            "progressive.explore_epochs=2", "progressive.exploit_epochs=1", "progressive.validation_images=1",
+        ]
+
+    train(load_config("pla-synthetic", search(tmp_path / "single", identities=4)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "reidfast",
+               "train", "pla-synthetic", *search(tmp_path / "ddp", identities=2)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    single, ddp = (json.loads((tmp_path / run / "trials.json").read_text()) for run in ("single", "ddp"))
+    assert [row["params"] for row in ddp["trials"]] == [row["params"] for row in single["trials"]]
+    assert len(ddp["exploitations"]) == 1 and load_checkpoint(
+        tmp_path / "ddp" / "checkpoints" / "step-000000005.pt")["world_size"] == 2

@@ -354,8 +354,9 @@ class _Run:
         defaults = {name: getattr(self.criterion, name) for name in PARAMETERS}
         study = None
         if self.context.is_main:
-            study = OptunaStudy(
-                self.run_dir / "study.journal", config.seed, data.identities_per_batch, data.images_per_identity,
+            study = OptunaStudy(  # p ranges over the identities of the global batch
+                self.run_dir / "study.journal", config.seed, data.identities_per_batch * self.context.world_size,
+                data.images_per_identity,
                 settings.triplet_weight_range, settings.margin_range, defaults, startup_trials=settings.candidates)
         return ProgressiveSearch(settings, config.schedule.epochs, defaults, RankZeroStudy(study, self.context))
 
@@ -690,7 +691,7 @@ def _check_runnable(config: Config, context: DistributedContext) -> None:
         raise ConfigError("data.on_error='skip' is not supported with several processes: a skipped image would make "
                           "the ranks' batches differ in size")
     if config.progressive.enabled:
-        _check_progressive(config)
+        _check_progressive(config, context)
     if config.evaluation.ten_crop and config.evaluation.flip:
         raise ConfigError("evaluation.ten_crop averages over the mirrored crops already: set evaluation.flip to false")
     parameters = inspect.signature(CRITERIA[config.method]).parameters
@@ -700,8 +701,9 @@ def _check_runnable(config: Config, context: DistributedContext) -> None:
                               f"{', '.join(p for p in parameters if p != 'num_classes')}")
 
 
-def _check_progressive(config: Config) -> None:
-    """PLA's search: its method, its batches and its ranges (before anything is built)."""
+def _check_progressive(config: Config, context: DistributedContext) -> None:
+    """PLA's search: its method, its batches and its ranges (before anything is built); p ranges
+    over the P identities of each rank times the ranks (the criterion sees the global batch)."""
     settings = config.progressive
     if importlib.util.find_spec("optuna") is None:
         raise ConfigError("progressive.enabled needs optuna >= 4.0 (its GPSampler and journal storage): "
@@ -723,7 +725,7 @@ def _check_progressive(config: Config) -> None:
         raise ConfigError(f"progressive.triplet_weight_range must lie in [0, 2] (PLA's lambda), got {[low, high]}")
     options = config.loss.options
     bounds = {"triplet_weight": settings.triplet_weight_range, "margin": settings.margin_range,
-              "k": (1, config.data.images_per_identity), "p": (1, config.data.identities_per_batch)}
+              "k": (1, config.data.images_per_identity), "p": (1, config.data.identities_per_batch * context.world_size)}
     for name, (low, high) in bounds.items():
         if name in options and not low <= options[name] <= high:
             raise ConfigError(f"loss.options.{name}={options[name]!r}, the search's first candidate, lies outside its "
