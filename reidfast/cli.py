@@ -1,10 +1,13 @@
-"""The command line: `reidfast train | eval | demo | configs` (also `python -m reidfast`).
+"""The command line: `reidfast train | eval | export | demo | configs` (also `python -m reidfast`).
 
     reidfast train CONFIG [key=value ...] [--resume]
         CONFIG: a shipped config's name (`reidfast configs` lists them) or a YAML file; each
         key=value overrides a dotted config key (optimizer.lr=3e-4, data.root=/data/market1501).
     reidfast eval CHECKPOINT [key=value ...] [--ranked DIR]
         the retrieval metrics of a checkpoint's model on its run's dataset.
+    reidfast export CHECKPOINT --output PATH [--format onnx|tensorrt] [options]
+        the checkpoint's model to ONNX (with its preprocessing in the metadata, checked against
+        onnxruntime and TensorRT's ONNX support matrix), or through ONNX to a TensorRT engine.
     reidfast demo [--quick] [--seeds N ...] [--output DIR] [--data DIR]
         the synthetic set generated (cached) and Pyramid, PCB and a global-pooling baseline
         trained and compared on it (see reidfast.demo).
@@ -35,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run's config")
     evaluate.add_argument("--ranked", metavar="DIR", help="draw ranked results into DIR")
 
+    export = commands.add_parser("export", help="export a checkpoint's model to ONNX or a TensorRT engine")
+    export.add_argument("checkpoint", help="a checkpoint file (a run's checkpoints/best.pt or step-*.pt)")
+    export.add_argument("--output", required=True, help="the ONNX file, or the engine file with --format tensorrt")
+    export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--half", action="store_true", help="a float16 graph (TensorRT 11's fp16 engines need it)")
+    export.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings in the graph")
+    export.add_argument("--fixed-batch", action="store_true", help="a fixed batch dimension (default: dynamic)")
+    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="TensorRT engine precision")
+    export.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
+    export.add_argument("--opt-batch", type=int, default=16, help="TensorRT profile: batch tuned for")
+    export.add_argument("--max-batch", type=int, default=64, help="TensorRT profile: largest batch")
+    export.add_argument("--workspace", type=int, default=1 << 30, help="TensorRT workspace in bytes")
+
     demo = commands.add_parser("demo", help="train and compare Pyramid, PCB and a baseline on synthetic data")
     demo.add_argument("--quick", action="store_true", help="a tiny budget (a smoke test of the whole pipeline)")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run (the table gives mean and spread)")
@@ -54,6 +71,19 @@ def main(argv: list[str] | None = None) -> int:
             from reidfast.training import evaluate_checkpoint
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.overrides, args.ranked), indent=2))
+        elif args.command == "export":
+            from reidfast.export.checkpoint import export_checkpoint
+
+            report, engine = export_checkpoint(
+                args.checkpoint, args.output, args.format, opset=args.opset, half=args.half, normalize=args.normalize,
+                dynamic_batch=not args.fixed_batch, precision=args.precision, min_batch=args.min_batch,
+                opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace)
+            print(json.dumps({
+                "onnx": str(report.path), "engine": None if engine is None else str(engine),
+                "preprocessing": json.loads(report.preprocessing.to_json()),
+                "onnxruntime_max_relative_error": {str(batch): error for batch, error in report.max_errors.items()},
+                f"tensorrt_{report.tensorrt_version}_unsupported_nodes": [list(node) for node in report.unsupported],
+            }, indent=2))
         elif args.command == "demo":
             from reidfast.demo import run_demo
 
@@ -62,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             from reidfast.training import shipped_configs
 
             print("\n".join(shipped_configs()))
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
         print(f"reidfast {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -128,7 +128,7 @@ def test_training_section_renders_each_recorded_study(tmp_path):
     (tmp_path / "pyramid-modes.json").write_text(json.dumps(modes))
     (tmp_path / "pla-search.json").write_text(json.dumps(search))
     text = report.training_section(tmp_path)
-    assert "| paper | 25.0 (20.0-30.0) | 40.0 (40.0-40.0) | 10.0 (10.0-10.0) | 150 s | 85 (80-90) | 1.10e-10 (1.10e-10-1.10e-10) | 9.40e-03" in text
+    assert "| paper | 25.0 (20.0-30.0) | 40.0 (40.0-40.0) | 10.0 (10.0-10.0) | 85 (80-90) | 1.10e-10 (1.10e-10-1.10e-10) | 9.40e-03" in text
     assert "| 0 | 0 | 1.000 | 0.100 | 1 | 1 | 2.0000 | 1.5000 | 0.250 | 0.100 |" in text
     assert "round 0: 4 epochs with lambda 1.000, m 0.100, k 1, p 1" in text
     assert "Every method" not in text  # no methods.json recorded

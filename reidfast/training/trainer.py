@@ -601,14 +601,25 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides=(), ranked_dir: str |
     context = init_distributed(config.train.device)
     try:
         dataset = _read_dataset(config.data, context)
-        model = _build_model(config, state["num_train_pids"])  # the classifiers it was trained with
-        model.load_state_dict(state["model"])
-        model.to(context.device)
+        model = _model_of(state, config).to(context.device)
         test = transforms_for(config.method, False, context.device, 0, **config.data.transforms)
         return evaluate_model(model, dataset, test, config, context,
                               ranked_dir=None if ranked_dir is None else pathlib.Path(ranked_dir))
     finally:
         destroy_distributed(context)
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Config]:
+    """The trained model of a checkpoint (on the CPU, in eval mode) and its run's config."""
+    state = load_checkpoint(path)
+    config = load_config(state["config"])
+    return _model_of(state, config).eval(), config
+
+
+def _model_of(state: dict, config: Config) -> nn.Module:
+    model = _build_model(config, state["num_train_pids"])  # the classifiers it was trained with
+    model.load_state_dict(state["model"])
+    return model
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,19 @@
+"""Export for serving: ONNX with the preprocessing contract in its metadata (checked against
+onnxruntime and against TensorRT's ONNX-parser support matrix on export), and TensorRT engines
+built from it. AOTInductor packages and a runtime over every format are not in the package yet."""
+
+from reidfast.export.onnx import OnnxExport, OnnxParityError, Preprocessing, export_onnx, read_preprocessing
+from reidfast.export.tensorrt import build_tensorrt_engine
+from reidfast.export.tensorrt_support import TENSORRT_VERSION, support_matrix, unsupported_nodes
+
+__all__ = [
+    "OnnxExport",
+    "OnnxParityError",
+    "Preprocessing",
+    "TENSORRT_VERSION",
+    "build_tensorrt_engine",
+    "export_onnx",
+    "read_preprocessing",
+    "support_matrix",
+    "unsupported_nodes",
+]
