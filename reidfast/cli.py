@@ -5,9 +5,10 @@
         key=value overrides a dotted config key (optimizer.lr=3e-4, data.root=/data/market1501).
     reidfast eval CHECKPOINT [key=value ...] [--ranked DIR]
         the retrieval metrics of a checkpoint's model on its run's dataset.
-    reidfast export CHECKPOINT --output PATH [--format onnx|tensorrt] [options]
+    reidfast export CHECKPOINT --output PATH [--format onnx|tensorrt|aoti] [options]
         the checkpoint's model to ONNX (with its preprocessing in the metadata, checked against
-        onnxruntime and TensorRT's ONNX support matrix), or through ONNX to a TensorRT engine.
+        onnxruntime and TensorRT's ONNX support matrix), through ONNX to a TensorRT engine, or to
+        an AOTInductor package.
     reidfast demo [--quick] [--seeds N ...] [--output DIR] [--data DIR]
         the synthetic set generated (cached) and Pyramid, PCB and a global-pooling baseline
         trained and compared on it (see reidfast.demo).
@@ -38,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run's config")
     evaluate.add_argument("--ranked", metavar="DIR", help="draw ranked results into DIR")
 
-    export = commands.add_parser("export", help="export a checkpoint's model to ONNX or a TensorRT engine")
+    export = commands.add_parser("export", help="export a checkpoint's model to ONNX, TensorRT or AOTInductor")
     export.add_argument("checkpoint", help="a checkpoint file (a run's checkpoints/best.pt or step-*.pt)")
-    export.add_argument("--output", required=True, help="the ONNX file, or the engine file with --format tensorrt")
-    export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    export.add_argument("--output", required=True, help="the ONNX file, the engine file (tensorrt), the .pt2 (aoti)")
+    export.add_argument("--format", choices=("onnx", "tensorrt", "aoti"), default="onnx")
     export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     export.add_argument("--half", action="store_true", help="a float16 graph (TensorRT 11's fp16 engines need it)")
     export.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings in the graph")
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="TensorRT engine precision")
     export.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
     export.add_argument("--opt-batch", type=int, default=16, help="TensorRT profile: batch tuned for")
-    export.add_argument("--max-batch", type=int, default=64, help="TensorRT profile: largest batch")
+    export.add_argument("--max-batch", type=int, default=64, help="largest batch (TensorRT profile, AOTInductor)")
+    export.add_argument("--device", default="cpu", help="the device an AOTInductor package is compiled for")
     export.add_argument("--workspace", type=int, default=1 << 30, help="TensorRT workspace in bytes")
 
     demo = commands.add_parser("demo", help="train and compare Pyramid, PCB and a baseline on synthetic data")
@@ -77,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             report, engine = export_checkpoint(
                 args.checkpoint, args.output, args.format, opset=args.opset, half=args.half, normalize=args.normalize,
                 dynamic_batch=not args.fixed_batch, precision=args.precision, min_batch=args.min_batch,
-                opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace)
-            print(json.dumps({
-                "onnx": str(report.path), "engine": None if engine is None else str(engine),
-                "preprocessing": json.loads(report.preprocessing.to_json()),
-                "onnxruntime_max_relative_error": {str(batch): error for batch, error in report.max_errors.items()},
-                f"tensorrt_{report.tensorrt_version}_unsupported_nodes": [list(node) for node in report.unsupported],
-            }, indent=2))
+                opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace, device=args.device)
+            if report is None:
+                print(json.dumps({"aoti": str(engine)}, indent=2))
+            else:
+                print(json.dumps({
+                    "onnx": str(report.path), "engine": None if engine is None else str(engine),
+                    "preprocessing": json.loads(report.preprocessing.to_json()),
+                    "onnxruntime_max_relative_error": {str(batch): error for batch, error in report.max_errors.items()},
+                    f"tensorrt_{report.tensorrt_version}_unsupported_nodes": [list(n) for n in report.unsupported],
+                }, indent=2))
         elif args.command == "demo":
             from reidfast.demo import run_demo
 

@@ -154,3 +154,33 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     assert cli(["export", str(result.last_checkpoint), "--output", str(tmp_path / "x.onnx"), "--format",
                 "tensorrt"]) == 2
     assert "needs a suffix other than .onnx" in capsys.readouterr().err
+
+
+def test_aoti_package_runs_without_reidfast(tmp_path):
+    import subprocess
+    import sys
+
+    from reidfast.deploy import Embedder
+    from reidfast.export import export_aoti, load_aoti
+
+    model = TinyReID().eval()
+    path = export_aoti(model, tmp_path / "tiny.pt2", (48, 16), max_batch=8)
+    runner, preprocessing = load_aoti(path)
+    assert preprocessing == Preprocessing(48, 16)
+    images = torch.randn(5, 3, 48, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(images), model(images), rtol=1e-5, atol=1e-5)
+    uint8 = torch.randint(0, 256, (3, 3, 60, 20), dtype=torch.uint8)
+    torch.testing.assert_close(Embedder.from_aoti(path, max_batch=8, batch_size=2)(uint8),
+                               Embedder.from_model(model, preprocessing)(uint8), rtol=1e-5, atol=1e-5)
+    # reidfast is not importable: the package holds ATen kernels only.
+    script = ("import sys; sys.modules['reidfast'] = None; import torch; "
+              f"run = torch._inductor.aoti_load_package({str(path)!r}); "
+              "print(tuple(run(torch.zeros(3, 3, 48, 16)).shape))")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip().splitlines()[-1] == "(3, 168)"
+    with pytest.raises(ValueError, match="must end in .pt2"):
+        export_aoti(model, tmp_path / "tiny.zip", (48, 16))
+    with pytest.raises(ValueError, match="batch_size=16 lies outside the aoti runtime's batch range"):
+        Embedder.from_aoti(path, max_batch=8, batch_size=16)

@@ -1,5 +1,5 @@
-"""`Embedder`: images in, embeddings out, over one runtime (eager PyTorch, torch.compile, ONNX
-Runtime, a TensorRT engine), with the model's own test preprocessing.
+"""`Embedder`: images in, embeddings out, over one runtime (eager PyTorch, torch.compile, an
+AOTInductor package, ONNX Runtime, a TensorRT engine), with the model's own test preprocessing.
 
 Every runtime gets the same input: the images resized to the contract's size (bilinear,
 antialiased, as reidfast's test transform does), normalised ((pixel / 255 - mean) / std), as a
@@ -24,14 +24,14 @@ from reidfast.data.loader import read_image
 from reidfast.data.transforms import BatchTransform, SampleTransform
 from reidfast.export.onnx import INPUT_NAME, Preprocessing, read_preprocessing
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "tensorrt")
+RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "tensorrt")
 
 
 class Embedder:
     """Embeds images with one runtime (module docstring).
 
-    Build it with `from_model` (eager or torch.compile), `from_checkpoint`, `from_onnx` or
-    `from_tensorrt`; call it with images to get Tensor[N, D] float32 on the CPU.
+    Build it with `from_model` (eager or torch.compile), `from_checkpoint`, `from_aoti`,
+    `from_onnx` or `from_tensorrt`; call it with images to get Tensor[N, D] float32 on the CPU.
 
     Args:
         run: the runtime, Tensor[B, 3, H, W] float32 on `device` -> Tensor[B, D].
@@ -85,6 +85,21 @@ class Embedder:
         preprocessing = Preprocessing(recipe.height, recipe.width, tuple(recipe.mean), tuple(recipe.std),
                                       l2_normalized=normalize)
         return cls.from_model(model, preprocessing, compile, device, batch_size)
+
+    @classmethod
+    def from_aoti(cls, path: str | os.PathLike, batch_size: int = 32, device: torch.device | str = "cpu",
+                  max_batch: int | None = None) -> "Embedder":
+        """An AOTInductor package exported by reidfast.export.export_aoti (compiled for `device`;
+        `max_batch`: the largest batch it was compiled for, if known, checked against batch_size)."""
+        from reidfast.export.aoti import load_aoti
+
+        runner, preprocessing = load_aoti(path)
+
+        @torch.no_grad()
+        def run(images):  # the package's kernels assume the contiguous layout it was compiled for
+            return runner(images.contiguous())
+
+        return cls(run, preprocessing, "aoti", device, batch_size, (1, max_batch))
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, batch_size: int = 32, providers: Sequence[str] | None = None) -> "Embedder":

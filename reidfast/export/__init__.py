@@ -1,7 +1,8 @@
 """Export for serving: ONNX with the preprocessing contract in its metadata (checked against
-onnxruntime and against TensorRT's ONNX-parser support matrix on export), and TensorRT engines
-built from it. AOTInductor packages and a runtime over every format are not in the package yet."""
+onnxruntime and against TensorRT's ONNX-parser support matrix on export), TensorRT engines built
+from it, and AOTInductor packages; reidfast.deploy.Embedder runs any of them."""
 
+from reidfast.export.aoti import export_aoti, load_aoti
 from reidfast.export.onnx import OnnxExport, OnnxParityError, Preprocessing, export_onnx, read_preprocessing
 from reidfast.export.tensorrt import build_tensorrt_engine
 from reidfast.export.tensorrt_support import TENSORRT_VERSION, support_matrix, unsupported_nodes
@@ -12,7 +13,9 @@ __all__ = [
     "Preprocessing",
     "TENSORRT_VERSION",
     "build_tensorrt_engine",
+    "export_aoti",
     "export_onnx",
+    "load_aoti",
     "read_preprocessing",
     "support_matrix",
     "unsupported_nodes",
