@@ -22,52 +22,43 @@ run's switch count and the distribution of the weights the criterion applied.
 """
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import statistics
 import sys
 import time
 
+from reidfast.demo import DemoModel, machine  # DemoModel: a shipped config and the overrides of a variant
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "training"
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One row of a study: a shipped config and the overrides that make the variant."""
-
-    name: str
-    key: str
-    config: str
-    overrides: tuple[str, ...] = ()
 
 
 PYRAMID_PER_STEP = ("train.log_every=1",)
 PLA_BUDGET = ("schedule.epochs=20", "data.batches_per_epoch=25")
 STUDIES = {
     "methods": (
-        Entry("Pyramid", "pyramid", "pyramid-synthetic"),
-        Entry("PCB", "pcb", "pcb-synthetic"),
-        Entry("MGN", "mgn", "mgn-synthetic"),
-        Entry("PLA", "pla", "pla-synthetic"),
-        Entry("Adaptive margin", "adaptive_margin", "adaptive_margin-synthetic"),
-        Entry("PLR-OSNet", "plr_osnet", "plr_osnet-synthetic"),
+        DemoModel("Pyramid", "pyramid", "pyramid-synthetic"),
+        DemoModel("PCB", "pcb", "pcb-synthetic"),
+        DemoModel("MGN", "mgn", "mgn-synthetic"),
+        DemoModel("PLA", "pla", "pla-synthetic"),
+        DemoModel("Adaptive margin", "adaptive_margin", "adaptive_margin-synthetic"),
+        DemoModel("PLR-OSNet", "plr_osnet", "plr_osnet-synthetic"),
     ),
     "pyramid-modes": (
-        Entry("code", "code", "pyramid-synthetic"),
-        Entry("paper", "paper", "pyramid-synthetic", (
+        DemoModel("code", "code", "pyramid-synthetic"),
+        DemoModel("paper", "paper", "pyramid-synthetic", (
             *PYRAMID_PER_STEP, "loss.options.weighting=dynamic", "data.sampler=switching")),
-        Entry("normalized", "normalized", "pyramid-synthetic", (
+        DemoModel("normalized", "normalized", "pyramid-synthetic", (
             *PYRAMID_PER_STEP, "loss.options.weighting=normalized", "data.sampler=switching")),
-        Entry("fixed", "fixed", "pyramid-synthetic", (
+        DemoModel("fixed", "fixed", "pyramid-synthetic", (
             *PYRAMID_PER_STEP, "loss.options.weighting=fixed", "loss.options.fixed_weights=[0.5, 1.5]")),
     ),
     # 20 epochs of 25 batches each: the search's two rounds of 3 trials of 2 epochs and 4 epochs
     # of exploitation (the second round's exploitation takes the 4 epochs left).
     "pla-search": (
-        Entry("fixed defaults", "fixed", "pla-synthetic", PLA_BUDGET),
-        Entry("Bayesian search", "search", "pla-synthetic", (
+        DemoModel("fixed defaults", "fixed", "pla-synthetic", PLA_BUDGET),
+        DemoModel("Bayesian search", "search", "pla-synthetic", (
             *PLA_BUDGET, "progressive.enabled=true", "progressive.candidates=3", "progressive.explore_epochs=2",
             "progressive.exploit_epochs=4")),
     ),
@@ -94,7 +85,6 @@ def search_summary(run_dir: pathlib.Path) -> dict:
 
 def run_study(study: str, output: pathlib.Path, data: pathlib.Path, seeds: list[int]) -> dict:
     from reidfast.data import make_synthetic_reid
-    from reidfast.demo import machine
     from reidfast.training import load_config, train
 
     entries = STUDIES[study]

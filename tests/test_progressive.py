@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from reidfast.data import make_synthetic_reid
 from reidfast.losses import PLACriterion
 from reidfast.training import load_checkpoint, load_config, train
 from reidfast.training.config import ConfigError, ProgressiveConfig, ScheduleConfig
 from reidfast.training.progressive import OptunaStudy, ProgressiveSearch, eq9_objective, hold_out_images
 from reidfast.training.schedule import LRSchedule
 from reidfast.training.trainer import _Run
+from test_trainer import tiny_data  # noqa: F401 (the shared fixture: 8 identities x 6 images)
 
 DEFAULTS = {"triplet_weight": 1.0, "margin": 0.1, "k": 1, "p": 1}
 
@@ -191,13 +191,6 @@ def test_pla_criterion_set_options_checks():
 
 # ------------------------------------------------------------------------------------------------
 # The search in the trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_reid(root, num_identities=8, images_per_identity=6, height=96, width=32, workers=1)
-    return root
 
 
 def search_config(tiny_data, output_dir, *overrides):

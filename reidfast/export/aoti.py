@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from reidfast._checks import check_int
-from reidfast.export.onnx import Preprocessing, _Embedder
+from reidfast.export.onnx import Preprocessing, _Embedder, check_export
 
 CONTRACT = "extra/reidfast_preprocessing.json"
 
@@ -32,24 +32,11 @@ def export_aoti(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     [B, 3, H, W], 1 <= B <= max_batch, on `device`, into the AOTInductor package `path` (.pt2),
     with the preprocessing contract inside. The model itself is not changed (a copy is compiled).
     Returns the package's path."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = pathlib.Path(path)
+    path, preprocessing = check_export(model, path, input_size, normalize, preprocessing)
     if path.suffix != ".pt2":
         raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
-    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
-        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
-    height, width = input_size
-    check_int("input_size[0]", height, minimum=1)
-    check_int("input_size[1]", width, minimum=1)
     check_int("max_batch", max_batch, minimum=2)
-    if preprocessing is None:
-        preprocessing = Preprocessing(height, width, l2_normalized=normalize)
-    elif (preprocessing.height, preprocessing.width) != (height, width) or preprocessing.l2_normalized != normalize:
-        raise ValueError(f"preprocessing {preprocessing} disagrees with input_size={tuple(input_size)} or "
-                         f"normalize={normalize}")
+    height, width = input_size
     device = torch.device(device)
     module = _Embedder(copy.deepcopy(model).to(device).eval(), normalize).eval()
     example = torch.randn(2, 3, height, width, device=device)

@@ -125,16 +125,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     """
     import onnx
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
-    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
-        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
+    path, preprocessing = check_export(model, path, input_size, normalize, preprocessing)
     height, width = input_size
-    check_int("input_size[0]", height, minimum=1)
-    check_int("input_size[1]", width, minimum=1)
     if opset is not None:
         check_int("opset", opset, minimum=18)
     batches = tuple(parity_batches)
@@ -144,11 +136,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         check_int(f"parity_batches[{index}]", batch, minimum=1)
     if not dynamic_batch:
         batches = (batches[0],)
-    if preprocessing is None:
-        preprocessing = Preprocessing(height, width, l2_normalized=normalize)
-    elif (preprocessing.height, preprocessing.width) != (height, width) or preprocessing.l2_normalized != normalize:
-        raise ValueError(f"preprocessing {preprocessing} disagrees with input_size={tuple(input_size)} or "
-                         f"normalize={normalize}")
     tolerance = (2e-2 if half else 1e-4) if tolerance is None else tolerance
     dtype = torch.float16 if half else torch.float32
 
@@ -177,6 +164,28 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         warnings.warn(f"{path}: TensorRT {TENSORRT_VERSION}'s ONNX parser does not support {len(unsupported)} "
                       f"node(s): {listed}", stacklevel=2)
     return OnnxExport(path, preprocessing, max_errors, TENSORRT_VERSION, unsupported)
+
+
+def check_export(model: nn.Module, path, input_size, normalize: bool,
+                 preprocessing: Preprocessing | None) -> tuple[pathlib.Path, Preprocessing]:
+    """The arguments every exporter shares, checked: (path as a Path, the contract to record:
+    `preprocessing`, or ImageNet statistics at `input_size`, consistent with `normalize`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
+    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
+        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
+    height, width = input_size
+    check_int("input_size[0]", height, minimum=1)
+    check_int("input_size[1]", width, minimum=1)
+    if preprocessing is None:
+        return path, Preprocessing(height, width, l2_normalized=normalize)
+    if (preprocessing.height, preprocessing.width) != (height, width) or preprocessing.l2_normalized != normalize:
+        raise ValueError(f"preprocessing {preprocessing} disagrees with input_size={tuple(input_size)} or "
+                         f"normalize={normalize}")
+    return path, preprocessing
 
 
 def read_preprocessing(path: str | os.PathLike) -> Preprocessing:
