@@ -253,9 +253,12 @@ def training_section(folder=TRAINING_RESULTS):
         results = json.loads(modes.read_text())
         parts += [f"**Pyramid's weighting modes** ({_study_provenance(results)}; `python bench/train_methods.py "
                   "pyramid-modes --seeds ...`): `pyramid-synthetic` with each mode of "
-                  "`loss.options.weighting`; switches: sampler changes per run; weights: the median "
-                  "(and range) over the steps of the weights the criterion applied.",
-                  _metrics_table(results, "mode", ("switches", "id_weight", "triplet_weight"))]
+                  "`loss.options.weighting` (paper: `dynamic` with `data.sampler=switching`; fixed: (0.5, 1.5)); "
+                  "switches: sampler changes per run; the steps by the weights applied: Eq. 2 (ID loss alone), "
+                  "(1, 1) (the code mode, or Algorithm 1's both-rising rule) and the others (Eq. 7's focal "
+                  "weights, rescaled in the normalized mode; the fixed weights), with their median weights, one "
+                  "per seed.",
+                  _metrics_table(results, "mode", ("switching",))]
     search = folder / "pla-search.json"
     if search.is_file():
         results = json.loads(search.read_text())
@@ -282,26 +285,31 @@ def _spread(values, scale=1.0, digits=1):
 
 def _metrics_table(results, first, extra):
     """One row per study entry: mAP, rank-1, mINP (%) over the seeds and the `extra` columns
-    ("config", "switches", "id_weight", "triplet_weight"). No training time: the studies run for
-    accuracy, often beside other jobs (the demo's table gives the speed)."""
+    ("config", or "switching": the switches per run, the shares of Eq. 2, (1, 1) and other steps
+    and the other steps' median weights). No training time: the studies run for accuracy, often
+    beside other jobs (the demo's table gives the speed)."""
     rows = {}
     for run in results["runs"]:
         rows.setdefault(run["name"], []).append(run)
-    titles = {"config": "config", "switches": "switches", "id_weight": "ID weight", "triplet_weight": "triplet weight"}
+    titles = {"config": ["config"],
+              "switching": ["switches", "Eq. 2 steps", "(1, 1) steps", "other steps", "their ID weight",
+                            "their triplet weight"]}
     seeds = ", ".join(map(str, results["seeds"]))
-    header = [first, "mAP", "rank-1", "mINP", *(titles[name] for name in extra)]
+    header = [first, "mAP", "rank-1", "mINP", *(title for name in extra for title in titles[name])]
     lines = [_row(header), "|" + "---|" * len(header)]
     for name, runs in rows.items():
         cells = [name, *(_spread([run[metric] for run in runs], 100) for metric in ("mAP", "rank1", "mINP"))]
         for column in extra:
             if column == "config":
                 cells.append(f"`{runs[0]['config']}`")
-            elif column == "switches":
-                cells.append(_spread([run["switching"]["switches"] for run in runs], digits=0))
-            else:
-                medians = [run["switching"][column]["median"] for run in runs]
-                cells.append(f"{_number(sum(medians) / len(medians))} ({_number(min(medians))}-{_number(max(medians))})"
-                             if len(medians) > 1 else _number(medians[0]))
+                continue
+            switching = [run["switching"] for run in runs]
+            cells.append(_spread([entry["switches"] for entry in switching], digits=0))
+            cells += [f"{_spread([entry[kind] for entry in switching], 100, 0)} %"
+                      for kind in ("eq2_steps", "unit_steps", "other_steps")]
+            for weight in ("id_weight", "triplet_weight"):
+                medians = [entry[weight]["median"] for entry in switching if weight in entry]
+                cells.append(" / ".join(_number(value) for value in medians) if medians else "-")
         lines.append(_row(cells))
     lines.append("")
     lines.append(f"Seeds {seeds}" + (" (mean, and range in brackets)" if len(results["seeds"]) > 1 else "")

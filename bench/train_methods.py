@@ -18,7 +18,7 @@ Pyramid's modes (docs/methods.md section 1), all with the same network, input, o
     fixed       constant weights (0.5, 1.5) on identity batches: a constant emphasis on the
                 triplet loss, the direction in which Eq. 7 leans
 The modes that vary their weights log every step (train.log_every=1), so the record holds each
-run's switch count and the distribution of the weights the criterion applied.
+run's switch count and the kinds of steps by the weights applied (switching_summary).
 """
 
 import argparse
@@ -66,15 +66,23 @@ STUDIES = {
 
 
 def switching_summary(run_dir: pathlib.Path) -> dict:
-    """From a run's metrics.jsonl: the number of sampler switches, and the quartiles of the
-    identity and triplet weights over its train records (one per step where logged every step)."""
+    """From a run's metrics.jsonl: the number of sampler switches, and the kinds of its train
+    records (one per step where logged every step) by the weights the criterion applied: the
+    share of Eq. 2 steps (ID loss alone: weights (1, 0)), of (1, 1) steps (Algorithm 1's "both
+    rising" rule, or the code mode) and of the other steps (Eq. 7's focal weights, or fixed
+    weights), with the quartiles of the other steps' weights."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [record for record in records if record["kind"] == "train"]
-    summary = {"switches": sum(record["kind"] == "switch" for record in records)}
-    for name in ("id_weight", "triplet_weight"):
-        values = [record[name] for record in steps]
-        summary[name] = dict(zip(("q25", "median", "q75"), statistics.quantiles(values, n=4)), min=min(values),
-                             max=max(values))
+    weights = [(record["id_weight"], record["triplet_weight"]) for record in steps]
+    other = [pair for pair in weights if pair not in ((1.0, 0.0), (1.0, 1.0))]
+    summary = {"switches": sum(record["kind"] == "switch" for record in records),
+               "eq2_steps": weights.count((1.0, 0.0)) / len(steps), "unit_steps": weights.count((1.0, 1.0)) / len(steps),
+               "other_steps": len(other) / len(steps)}
+    for index, name in enumerate(("id_weight", "triplet_weight")):
+        values = [pair[index] for pair in other]
+        if values:
+            quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+            summary[name] = dict(zip(("q25", "median", "q75"), quartiles), min=min(values), max=max(values))
     return summary
 
 

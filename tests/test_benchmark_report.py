@@ -116,7 +116,8 @@ def test_training_section_renders_each_recorded_study(tmp_path):
     machine = {"device": "CPU X", "threads": 2, "torch": "2.0", "date": "2026-01-01"}
     dataset = {"identities": 100}
     row = {"mAP": 0.30, "rank1": 0.40, "mINP": 0.10, "train_seconds": 150.0, "config": "pyramid-synthetic"}
-    switching = {"switches": 90, "id_weight": {"median": 1.1e-10}, "triplet_weight": {"median": 0.0094}}
+    switching = {"switches": 90, "eq2_steps": 0.3, "unit_steps": 0.25, "other_steps": 0.45,
+                 "id_weight": {"median": 1.1e-10}, "triplet_weight": {"median": 0.0094}}
     modes = {"machine": machine, "dataset": dataset, "seeds": [0, 1], "runs": [
         {**row, "name": "paper", "seed": 0, "switching": switching},
         {**row, "name": "paper", "seed": 1, "mAP": 0.20, "switching": {**switching, "switches": 80}}]}
@@ -128,7 +129,8 @@ def test_training_section_renders_each_recorded_study(tmp_path):
     (tmp_path / "pyramid-modes.json").write_text(json.dumps(modes))
     (tmp_path / "pla-search.json").write_text(json.dumps(search))
     text = report.training_section(tmp_path)
-    assert "| paper | 25.0 (20.0-30.0) | 40.0 (40.0-40.0) | 10.0 (10.0-10.0) | 85 (80-90) | 1.10e-10 (1.10e-10-1.10e-10) | 9.40e-03" in text
+    assert ("| paper | 25.0 (20.0-30.0) | 40.0 (40.0-40.0) | 10.0 (10.0-10.0) | 85 (80-90) | 30 (30-30) % | "
+            "25 (25-25) % | 45 (45-45) % | 1.10e-10 / 1.10e-10 | 9.40e-03 / 9.40e-03 |") in text
     assert "| 0 | 0 | 1.000 | 0.100 | 1 | 1 | 2.0000 | 1.5000 | 0.250 | 0.100 |" in text
     assert "round 0: 4 epochs with lambda 1.000, m 0.100, k 1, p 1" in text
     assert "Every method" not in text  # no methods.json recorded

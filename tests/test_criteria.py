@@ -101,7 +101,7 @@ def generator():
 
 def test_pyramid_first_batch_is_id_only(generator):
     output, labels = part_output(generator), balanced_labels(generator)
-    criterion = build_criterion("pyramid")
+    criterion = build_criterion("pyramid", weighting="dynamic")
     assert criterion.sampling == "random"
     result = criterion(output, labels)
     id_loss = plain_branch_ce(output.logits, labels)
@@ -117,7 +117,7 @@ def test_pyramid_first_batch_is_id_only(generator):
 
 def test_pyramid_eq7_weights_from_state(generator):
     output, labels = part_output(generator), balanced_labels(generator)
-    criterion = build_criterion("pyramid")
+    criterion = build_criterion("pyramid", weighting="dynamic")
     state = criterion.state_dict()
     assert set(state) == {"weighting.loss_average", "weighting.reduction_likelihood", "weighting.seeded"}
     p_id, p_tp = 0.9, 0.85
@@ -149,7 +149,7 @@ def test_pyramid_code_mode_per_branch(generator):
 
 
 def test_pyramid_dynamic_options_reach_the_weighting():
-    weighting = build_criterion("pyramid", alpha=0.5, gamma=1.0, delta=0.3).weighting
+    weighting = build_criterion("pyramid", weighting="dynamic", alpha=0.5, gamma=1.0, delta=0.3).weighting
     assert (weighting.alpha, weighting.gamma, weighting.delta) == (0.5, 1.0, 0.3)
 
 

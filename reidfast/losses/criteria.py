@@ -149,8 +149,10 @@ class PyramidCriterion(Criterion):
         triplet_on: "concatenated" (the paper: one triplet loss on output.embedding) or
             "per_branch" (the authors' code: the sum over branches of a triplet loss on each
             output.features[:, b]).
-        weighting: "dynamic" (Algorithm 1), "code" (the authors' release: L = L_id + L_tp on every
-            batch, identity-balanced sampling throughout), "fixed" (L = w_id L_id + w_tp L_tp with
+        weighting: "code" (the authors' release: L = L_id + L_tp on every batch,
+            identity-balanced sampling throughout; the default, chosen by measurement: it trained
+            the best models of the four modes on the synthetic set, see docs/methods.md section
+            1), "dynamic" (the paper's Algorithm 1), "fixed" (L = w_id L_id + w_tp L_tp with
             `fixed_weights`, identity-balanced) or "normalized" (Algorithm 1 with Eq. 7's weights
             rescaled to sum to 2; see DynamicLossWeighting).
         alpha, gamma, delta: the dynamic weighting's parameters (None: 0.25, 2, 0.16); "dynamic"
@@ -171,7 +173,7 @@ class PyramidCriterion(Criterion):
         self,
         margin: float = 1.4,
         triplet_on: str = "concatenated",
-        weighting: str = "dynamic",
+        weighting: str = "code",
         alpha: float | None = None,
         gamma: float | None = None,
         delta: float | None = None,
