@@ -26,7 +26,13 @@ def test_paper_recipes_are_the_papers():
     assert (pyramid.optimizer.lr, pyramid.optimizer.head_lr_factor, pyramid.schedule.epochs) == (0.01, 10.0, 120)
     assert pyramid.schedule.milestones == [60, 70, 80, 90] and pyramid.schedule.gamma == 0.5
     assert (pyramid.data.sampler, pyramid.data.identities_per_batch, pyramid.data.images_per_identity) == (
-        "switching", 8, 8)
+        "identity", 8, 8)
+    assert pyramid.loss.options["weighting"] == "code" and pyramid.data.min_images == 8  # the measured default
+    pla = load_config("pla")
+    assert (pla.schedule.epochs, pla.progressive.enabled, pla.progressive.explore_epochs, pla.progressive.exploit_epochs,
+            pla.progressive.expected_drop) == (3000, True, 20, 300, 0.15)
+    assert (pla.optimizer.beta1_switch_epoch, pla.optimizer.beta1_after, pla.schedule.decay_start) == (150, 0.5, 150)
+    assert (pla.evaluation.ten_crop, pla.evaluation.pca_dim) == (True, 512)
     mgn = load_config("mgn")
     assert (mgn.schedule.milestones, mgn.schedule.epochs, mgn.evaluation.flip) == ([40, 60], 80, True)
     plr = load_config("plr_osnet")
