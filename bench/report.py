@@ -246,7 +246,7 @@ def training_section(folder=TRAINING_RESULTS):
     if methods.is_file():
         results = json.loads(methods.read_text())
         parts += [f"**Every method at one budget** ({_study_provenance(results)}; `python bench/train_methods.py "
-                  "methods`): each method's `-synthetic` config, ResNet-18 from scratch (PLR-OSNet: OSNet), 3 epochs.",
+                  "methods`): each method's `-synthetic` config trained from scratch for 3 epochs (ResNet-18; PLR-OSNet: OSNet; the adaptive-margin network its own).",
                   _metrics_table(results, "method", ("config",))]
     modes = folder / "pyramid-modes.json"
     if modes.is_file():
@@ -297,8 +297,15 @@ def _metrics_table(results, first, extra):
     seeds = ", ".join(map(str, results["seeds"]))
     header = [first, "mAP", "rank-1", "mINP", *(title for name in extra for title in titles[name])]
     lines = [_row(header), "|" + "---|" * len(header)]
+    diverged = []
     for name, runs in rows.items():
-        cells = [name, *(_spread([run[metric] for run in runs], 100) for metric in ("mAP", "rank1", "mINP"))]
+        failed = [run for run in runs if "diverged" in run]
+        if failed:
+            diverged.append(f"{name}: {failed[0]['diverged']}")
+            cells = [name, *(["diverged"] * 3)]
+            runs = [run for run in runs if "diverged" not in run] or failed
+        else:
+            cells = [name, *(_spread([run[metric] for run in runs], 100) for metric in ("mAP", "rank1", "mINP"))]
         for column in extra:
             if column == "config":
                 cells.append(f"`{runs[0]['config']}`")
@@ -313,7 +320,8 @@ def _metrics_table(results, first, extra):
         lines.append(_row(cells))
     lines.append("")
     lines.append(f"Seeds {seeds}" + (" (mean, and range in brackets)" if len(results["seeds"]) > 1 else "")
-                 + f"; metrics in %; synthetic set of {results['dataset']['identities']} training identities.")
+                 + f"; metrics in %; synthetic set of {results['dataset']['identities']} training identities."
+                 + "".join(f" Diverged: {text}." for text in diverged))
     return "\n".join(lines)
 
 

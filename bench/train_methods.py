@@ -93,7 +93,7 @@ def search_summary(run_dir: pathlib.Path) -> dict:
 
 def run_study(study: str, output: pathlib.Path, data: pathlib.Path, seeds: list[int]) -> dict:
     from reidfast.data import make_synthetic_reid
-    from reidfast.training import load_config, train
+    from reidfast.training import NonFiniteLossError, load_config, train
 
     entries = STUDIES[study]
     first = load_config(entries[0].config, [f"data.root={data}"])
@@ -106,10 +106,15 @@ def run_study(study: str, output: pathlib.Path, data: pathlib.Path, seeds: list[
                 f"data.root={data}", f"output_dir={run_dir}", f"seed={seed}", *entry.overrides])
             print(f"\n{study}: {entry.name}, seed {seed}: {run_dir}", flush=True)
             started = time.perf_counter()
-            result = train(config, resume=True)
             row = {"name": entry.name, "key": entry.key, "config": entry.config, "overrides": list(entry.overrides),
-                   "seed": seed, **result.metrics, "steps": result.steps, "train_seconds": result.train_seconds,
-                   "images_per_s": result.images_per_s, "wall_seconds": time.perf_counter() - started}
+                   "seed": seed}
+            try:
+                result = train(config, resume=True)
+            except NonFiniteLossError as error:  # a result too: the method diverged at this budget
+                runs.append({**row, "diverged": str(error)})
+                continue
+            row.update(**result.metrics, steps=result.steps, train_seconds=result.train_seconds,
+                       images_per_s=result.images_per_s, wall_seconds=time.perf_counter() - started)
             if study == "pyramid-modes":
                 row["switching"] = switching_summary(run_dir)
             if "progressive.enabled=true" in entry.overrides:
