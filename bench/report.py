@@ -38,7 +38,9 @@ DEMO_END = "<!-- demo:end -->"
 TRAINING_RESULTS = RESULTS / "training"
 TRAINING_BEGIN = ("<!-- training:begin (written by bench/report.py from bench/results/training; do not edit) -->")
 TRAINING_END = "<!-- training:end -->"
-BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid")
+# bench/bench_deploy.py's runtimes, in the order of its table.
+DEPLOY_RUNTIMES = ("eager", "compile", "cuda-graphs", "aoti", "onnxruntime", "tensorrt", "tensorrt-fp16")
+BASELINES = ("reference", "reference-compiled", "stripes", "pml", "fastreid-cython", "torchreid", "eager")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +111,13 @@ def group_table(cases):
     baselines = [b for b in BASELINES if b in by_impl]
     bandwidth = any("bytes_moved" in case for case in cases)
     memory = any("peak_memory_mb" in case for case in cases)
-    header = ["implementation", "median ms", "p20-p80 ms", *(f"vs {b}" for b in baselines)]
+    p90 = any("p90_ms" in case for case in cases)
+    header = ["implementation", "median ms", "p20-p80 ms", *["p90 ms"] * p90, *(f"vs {b}" for b in baselines)]
     header += ["GB/s"] * bandwidth + ["peak MiB"] * memory
     lines = [_row(header), "|---|" + "---:|" * (len(header) - 1)]
     for case in sorted(cases, key=lambda c: c["median_ms"]):
         cells = [case["impl"], f"{case['median_ms']:.3f}", f"{case['p20_ms']:.3f}-{case['p80_ms']:.3f}"]
+        cells += [f"{case['p90_ms']:.3f}" if "p90_ms" in case else "-"] * p90
         cells += [_ratio(by_impl[b], case) for b in baselines]
         if bandwidth:
             cells.append(f"{case['bytes_moved'] / case['median_ms'] / 1e6:.0f}" if "bytes_moved" in case else "-")
@@ -202,14 +206,44 @@ def headline_table(headline, cases):
     return ", ".join([headline.title, *common]) + ":\n\n" + "\n".join(lines)
 
 
+def deploy_table(cases):
+    """The markdown of the deployment latency table (bench/bench_deploy.py) from one device's
+    cases, or None when it has none: per model and batch, each runtime's median and p90 latency,
+    images/s and speed-up over eager (two decimals: the suite's goal is a ratio), in the suite's
+    runtime order."""
+    chosen = [case for case in cases if case["op"] == "deploy"]
+    if not chosen:
+        return None
+    models = list(dict.fromkeys(case["model"] for case in chosen))
+    chosen.sort(key=lambda c: (models.index(c["model"]), c["shape"][0], DEPLOY_RUNTIMES.index(c["impl"])))
+    eager = {(case["model"], case["shape"][0]): case for case in chosen if case["impl"] == "eager"}
+    lines = [_row(["model", "input", "batch", "runtime", "median ms", "p90 ms", "images/s", "vs eager", "rounds"]),
+             "|---|---|---:|---|" + "---:|" * 5]
+    for case in chosen:
+        batch = case["shape"][0]
+        baseline = eager.get((case["model"], batch))
+        lines.append(_row([
+            case["model"], " x ".join(map(str, case["shape"][2:])), str(batch),
+            f"`{case['impl']}`" + (" (float16)" if case["dtype"] != "float32" else ""),
+            _milliseconds(case["median_ms"]), _milliseconds(case["p90_ms"]),
+            f"{1e3 * batch / case['median_ms']:.1f}",
+            f"{baseline['median_ms'] / case['median_ms']:.2f}x" if baseline else "-", str(case["rounds"]),
+        ]))
+    return ("Deployment latency (`bench/bench_deploy.py`): one batch of preprocessed images through each runtime of "
+            "`reidfast.deploy.Embedder`, randomly initialised models in eval mode, float32 unless named; median "
+            "and p90 over the rounds timed:\n\n" + "\n".join(lines))
+
+
 def readme_section(results):
     """The README text between BEGIN and END."""
     parts = []
     for result in results:
         tables = [headline_table(headline, result["cases"]) for headline in HEADLINES]
+        tables.append(deploy_table(result["cases"]))
         tables = [table for table in tables if table is not None]
         if tables:
             chosen = [case for headline in HEADLINES for case in headline_cases(headline, result["cases"])]
+            chosen += [case for case in result["cases"] if case["op"] == "deploy"]
             parts += [f"### {result['device_name']}", _provenance(result, chosen), *tables]
     if not parts:
         parts.append("No results yet.")

@@ -47,7 +47,7 @@ def test_runtimes_agree_on_paths_arrays_and_tensors(images, tmp_path):
     torch.testing.assert_close(eager(decoded), expected, rtol=0, atol=0)
     torch.testing.assert_close(eager([image.permute(1, 2, 0).numpy() for image in decoded]), expected, rtol=0, atol=0)
     report = export_onnx(model, tmp_path / "tiny.onnx", (48, 16))
-    runtime = Embedder.from_onnx(report.path, batch_size=3)
+    runtime = Embedder.from_onnx(report.path, batch_size=3, threads=1)
     torch.testing.assert_close(runtime(paths), expected, rtol=1e-5, atol=1e-5)
     compiled = Embedder.from_model(model, PRE, compile=True, batch_size=4)
     torch.testing.assert_close(compiled(paths), expected, rtol=1e-5, atol=1e-5)
@@ -60,6 +60,8 @@ def test_batch_range_and_bad_input(images, tmp_path):
     report = export_onnx(TinyReID(), tmp_path / "fixed.onnx", (48, 16), dynamic_batch=False, parity_batches=(2, 2))
     with pytest.raises(ValueError, match=r"batch_size=3 lies outside the onnxruntime runtime's batch range \[2, 2\]"):
         Embedder.from_onnx(report.path, batch_size=3)
+    with pytest.raises(ValueError, match="threads must be"):
+        Embedder.from_onnx(report.path, batch_size=2, threads=0)
     fixed = Embedder.from_onnx(report.path, batch_size=2)
     assert fixed(paths[:4]).shape[0] == 4
     with pytest.raises(ValueError, match="5 images leave a last batch of 1, below the onnxruntime runtime's smallest"):

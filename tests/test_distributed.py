@@ -201,6 +201,21 @@ def test_an_initialised_group_is_used_not_created_again(monkeypatch):
         dist.destroy_process_group()
 
 
+def _one_image_features(folder: str, context: DistributedContext) -> torch.Tensor:
+    """extract_features of a one-image split (fewer records than ranks) with a small seeded model."""
+    import os
+
+    from reidfast.data import ReIDRecord, transforms_for
+    from reidfast.training import load_config
+    from reidfast.training.trainer import extract_features
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    config = load_config("pla-synthetic", ["data.num_workers=0"])
+    test = transforms_for("pla", False, "cpu", 0, height=32, width=16)
+    return extract_features(model, [ReIDRecord(os.path.join(folder, "one.png"), 1, 0)], test, config, context)
+
+
 def _two_rank_worker(index: int, port: int, folder: str) -> None:
     """One of two processes launched as torchrun would: its results go to folder/rank{index}.pt."""
     import os
@@ -235,6 +250,7 @@ def _two_rank_worker(index: int, port: int, folder: str) -> None:
     except ValueError as error:
         results["shape_error"] = str(error)
 
+    results["one_image"] = _one_image_features(folder, context)
     results["broadcast"] = broadcast_object({"run": f"from rank {index}"}, context, src=1)
     barrier(context)
     destroy_distributed(context)
@@ -249,7 +265,11 @@ def _free_port() -> int:
 
 
 def test_two_gloo_processes_on_loopback(tmp_path, monkeypatch):
+    from torchvision.io import write_png
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned children before they import torch
+    write_png(torch.randint(0, 256, (3, 40, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+              str(tmp_path / "one.png"))
     processes = torch.multiprocessing.start_processes(
         _two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
     )
@@ -286,5 +306,8 @@ def test_two_gloo_processes_on_loopback(tmp_path, monkeypatch):
             "tensor's trailing shape and dtype must be the same on every rank, "
             "got rank 0: [N, 3] torch.float32; rank 1: [N, 4] torch.float32"
         )
+        # One image, two ranks: rank 1's share is empty; both get rank 0's row.
+        torch.testing.assert_close(results["one_image"], _one_image_features(str(tmp_path), single_context()),
+                                   rtol=0, atol=0)
         assert results["broadcast"] == {"run": "from rank 1"}
         assert results["destroyed"]

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from reidfast.models import MODEL_NAMES, build_model
 from reidfast.ops import pyramid_pool
 
 onnx = pytest.importorskip("onnx")
@@ -19,6 +20,7 @@ from reidfast.export import (  # noqa: E402 (after the skips)
     Preprocessing,
     build_tensorrt_engine,
     export_onnx,
+    export_program,
     read_preprocessing,
     support_matrix,
     unsupported_nodes,
@@ -88,6 +90,32 @@ def test_parity_failure_names_the_batch_and_the_error(tmp_path, monkeypatch):
         export_onnx(TinyReID().eval(), tmp_path / "x.onnx", (48, 16))
 
 
+def test_a_resnet_model_keeps_its_dynamic_batch(tmp_path):
+    """Traced at batch 1, a ResNet's graph came out with the batch fixed at 1 (torch.export
+    specialises size-1 dimensions): export_onnx traces at 2, whatever parity_batches holds."""
+    model = build_model("pyramid", 10, depth=18).eval()
+    report = export_onnx(model, tmp_path / "pyramid.onnx", (96, 32), parity_batches=(1, 3))
+    assert onnx.load(str(report.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    images = torch.randn(5, 3, 96, 32)
+    (got,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        want = model(images)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(torch.from_numpy(got) / scale, want / scale, rtol=0, atol=1e-4)
+
+
+def test_a_graph_that_fixes_the_batch_is_refused(tmp_path, monkeypatch):
+    real = torch.onnx.export
+
+    def static_export(*args, dynamic_shapes=None, **kwargs):  # an exporter that specialises the batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", static_export)
+    with pytest.raises(ValueError, match="the exported graph fixes the batch at 2: the model's forward depends on"):
+        export_onnx(TinyReID().eval(), tmp_path / "x.onnx", (48, 16))
+
+
 def _graph(nodes, initializers=(), opset=18):
     helper = onnx.helper
     graph = helper.make_graph(
@@ -154,6 +182,33 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     assert cli(["export", str(result.last_checkpoint), "--output", str(tmp_path / "x.onnx"), "--format",
                 "tensorrt"]) == 2
     assert "needs a suffix other than .onnx" in capsys.readouterr().err
+
+
+EXPORT_SIZE = {"plr_osnet": (128, 64), "adaptive_margin": (230, 80)}  # the ResNet-50 models: (192, 64)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_exports_a_program_with_a_dynamic_batch(name):
+    """The graph export_aoti compiles, for every method's model: any batch up to max_batch."""
+    torch.manual_seed(0)
+    model = build_model(name, 0 if name == "adaptive_margin" else 10).eval()
+    size = EXPORT_SIZE.get(name, (192, 64))
+    program = export_program(model, size, max_batch=8, normalize=True).module()
+    for batch in (1, 5, 8):
+        images = torch.randn(batch, 3, *size)
+        with torch.no_grad():
+            want = torch.nn.functional.normalize(model(images), dim=1)
+            torch.testing.assert_close(program(images), want, rtol=1e-4, atol=1e-5)
+    assert not model.training  # the user's model, as it was
+
+
+def test_export_program_checks_its_arguments():
+    with pytest.raises(ValueError, match="max_batch must be >= 2, got 1"):
+        export_program(TinyReID(), (48, 16), max_batch=1)
+    with pytest.raises(ValueError, match=r"input_size must be \(H, W\), got \(48,\)"):
+        export_program(TinyReID(), (48,))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
+        export_program(lambda images: images, (48, 16))
 
 
 def test_aoti_package_runs_without_reidfast(tmp_path):

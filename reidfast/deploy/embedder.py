@@ -62,7 +62,9 @@ class Embedder:
     def from_model(cls, model: nn.Module, preprocessing: Preprocessing, compile: bool = False,
                    device: torch.device | str = "cpu", batch_size: int = 32) -> "Embedder":
         """Eager PyTorch (or torch.compile with a dynamic batch) of `model`'s eval-mode forward,
-        L2-normalised when `preprocessing.l2_normalized`. The model is put in eval mode on `device`."""
+        L2-normalised when `preprocessing.l2_normalized`. The model is put in eval mode on `device`.
+        Compiled, the first call compiles (a batch of 1 gets a graph of its own, any other batch
+        shares one); for a one-time compilation ahead of serving, export an AOTInductor package."""
         model = model.to(device).eval()
         forward = torch.compile(model, dynamic=True) if compile else model
 
@@ -102,13 +104,20 @@ class Embedder:
         return cls(run, preprocessing, "aoti", device, batch_size, (1, max_batch))
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, batch_size: int = 32, providers: Sequence[str] | None = None) -> "Embedder":
+    def from_onnx(cls, path: str | os.PathLike, batch_size: int = 32, providers: Sequence[str] | None = None,
+                  threads: int | None = None) -> "Embedder":
         """An ONNX file exported by reidfast.export (its contract read from the metadata) in ONNX
-        Runtime (`providers`: default the CPU's); a fixed-batch graph runs that batch only."""
+        Runtime (`providers`: default the CPU's; `threads`: its intra-op threads, None for ONNX
+        Runtime's default); a fixed-batch graph runs that batch only."""
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            check_int("threads", threads, minimum=1)
+            options.intra_op_num_threads = threads
         preprocessing = read_preprocessing(path)
-        session = onnxruntime.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=list(providers or ["CPUExecutionProvider"]))
         graph_input = session.get_inputs()[0]
         half = graph_input.type == "tensor(float16)"
         batch = graph_input.shape[0]

@@ -2,7 +2,7 @@
 onnxruntime and against TensorRT's ONNX-parser support matrix on export), TensorRT engines built
 from it, and AOTInductor packages; reidfast.deploy.Embedder runs any of them."""
 
-from reidfast.export.aoti import export_aoti, load_aoti
+from reidfast.export.aoti import export_aoti, export_program, load_aoti
 from reidfast.export.onnx import OnnxExport, OnnxParityError, Preprocessing, export_onnx, read_preprocessing
 from reidfast.export.tensorrt import build_tensorrt_engine
 from reidfast.export.tensorrt_support import TENSORRT_VERSION, support_matrix, unsupported_nodes
@@ -15,6 +15,7 @@ __all__ = [
     "build_tensorrt_engine",
     "export_aoti",
     "export_onnx",
+    "export_program",
     "load_aoti",
     "read_preprocessing",
     "support_matrix",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from reidfast._checks import check_int
-from reidfast.export.onnx import Preprocessing, _Embedder, check_export
+from reidfast.export.onnx import Preprocessing, _Embedder, check_export, check_model
 
 CONTRACT = "extra/reidfast_preprocessing.json"
 
@@ -35,19 +35,29 @@ def export_aoti(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     path, preprocessing = check_export(model, path, input_size, normalize, preprocessing)
     if path.suffix != ".pt2":
         raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
-    check_int("max_batch", max_batch, minimum=2)
-    height, width = input_size
-    device = torch.device(device)
-    module = _Embedder(copy.deepcopy(model).to(device).eval(), normalize).eval()
-    example = torch.randn(2, 3, height, width, device=device)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
+    program = export_program(model, input_size, max_batch=max_batch, normalize=normalize, device=device)
     torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     with zipfile.ZipFile(path, "a") as archive:
         root = archive.namelist()[0].split("/")[0]
         archive.writestr(f"{root}/{CONTRACT}", preprocessing.to_json())
     return path
+
+
+def export_program(model: nn.Module, input_size: tuple[int, int], *, max_batch: int = 64, normalize: bool = False,
+                   device: torch.device | str = "cpu") -> torch.export.ExportedProgram:
+    """`model`'s eval-mode forward (L2-normalised with `normalize`) captured by torch.export for
+    images [B, 3, H, W], 1 <= B <= max_batch, on `device`: the graph export_aoti compiles (and a
+    starting point for other ahead-of-time toolchains). The model itself is not changed."""
+    check_model(model, input_size)
+    check_int("max_batch", max_batch, minimum=2)
+    height, width = input_size
+    device = torch.device(device)
+    module = _Embedder(copy.deepcopy(model).to(device).eval(), normalize).eval()
+    # Traced at batch 2: torch.export specialises a dimension traced at size 1.
+    example = torch.randn(2, 3, height, width, device=device)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes={"images": {0: batch}})
 
 
 def load_aoti(path: str | os.PathLike):

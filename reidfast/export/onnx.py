@@ -140,7 +140,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     dtype = torch.float16 if half else torch.float32
 
     module = _Embedder(copy.deepcopy(model).to(device="cpu", dtype=dtype).eval(), normalize).eval()
-    example = torch.randn(batches[0], 3, height, width, dtype=dtype)
+    # A dynamic batch is traced at 2: torch.export specialises a dimension traced at size 1.
+    example = torch.randn(2 if dynamic_batch else batches[0], 3, height, width, dtype=dtype)
     dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -148,6 +149,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
                           verbose=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_shapes=dynamic_shapes)
     proto = onnx.load(str(path))
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if dynamic_batch and not batch_dim.dim_param:
+        raise ValueError(f"the exported graph fixes the batch at {batch_dim.dim_value}: the model's forward "
+                         "depends on the batch size; export it with dynamic_batch=False")
     foreign = sorted({(node.domain, node.op_type) for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
     if foreign:
         raise ValueError(f"the exported graph has operators outside standard ONNX: {foreign}")
@@ -166,20 +171,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     return OnnxExport(path, preprocessing, max_errors, TENSORRT_VERSION, unsupported)
 
 
+def check_model(model: nn.Module, input_size) -> None:
+    """`model` is a Module and `input_size` an (H, W) of positive ints."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
+        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
+    check_int("input_size[0]", input_size[0], minimum=1)
+    check_int("input_size[1]", input_size[1], minimum=1)
+
+
 def check_export(model: nn.Module, path, input_size, normalize: bool,
                  preprocessing: Preprocessing | None) -> tuple[pathlib.Path, Preprocessing]:
     """The arguments every exporter shares, checked: (path as a Path, the contract to record:
     `preprocessing`, or ImageNet statistics at `input_size`, consistent with `normalize`)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model, input_size)
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path {str(path)!r}: its folder does not exist")
-    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
-        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
     height, width = input_size
-    check_int("input_size[0]", height, minimum=1)
-    check_int("input_size[1]", width, minimum=1)
     if preprocessing is None:
         return path, Preprocessing(height, width, l2_normalized=normalize)
     if (preprocessing.height, preprocessing.width) != (height, width) or preprocessing.l2_normalized != normalize:

@@ -563,10 +563,14 @@ def extract_features(model: nn.Module, records, test_transform, config: Config,
                      context: DistributedContext) -> torch.Tensor:
     """The eval-mode features of `records` (Tensor[len(records), D] float32 on the context's
     device; averaged with the mirror's or over 10 crops as `config.evaluation` says): each rank
-    embeds a contiguous share, gathered in rank order."""
+    embeds a contiguous share, gathered in rank order. A rank whose share is empty (fewer
+    records than ranks) embeds the first record for the feature size and contributes no row."""
+    if not records:
+        raise ValueError("records is empty: there are no images to embed")
     rank, world = context.rank, context.world_size
     share = records[len(records) * rank // world:len(records) * (rank + 1) // world]
-    loader = build_test_loader(ReIDImageDataset(share, test_transform.sample), config.evaluation.batch_size,
+    loader = build_test_loader(ReIDImageDataset(share or records[:1], test_transform.sample),
+                               config.evaluation.batch_size,
                                num_workers=config.data.num_workers)
     was_training = model.training
     model.eval()
@@ -582,7 +586,8 @@ def extract_features(model: nn.Module, records, test_transform, config: Config,
                     features = (features + model(images.flip(-1))) / 2
             chunks.append(features.float())
     model.train(was_training)
-    return all_gather_variable(torch.cat(chunks), context)
+    features = torch.cat(chunks)
+    return all_gather_variable(features if share else features[:0], context)
 
 
 def evaluate_checkpoint(path: str | os.PathLike, overrides=(), ranked_dir: str | os.PathLike | None = None) -> dict:
