@@ -14,18 +14,22 @@ Runtimes:
                 (build_tensorrt_engine) in float32, and in float16
 Each runtime's embeddings are checked against eager's on the timed batch before timing (the
 largest error relative to the embeddings' scale is recorded as `max_error`). Every export is made
-once per run and shared by the batch sizes. A case records median and p90 latency; the report
-adds images/s and the speed-up over eager.
+once per run, by the first batch size's case, and shared. A case records median and p90 latency,
+`setup_s` (the export made in this case, and the first call: a compilation for `compile`'s first
+graph of that batch class, CUDA graph capture) and the model's GFLOP per image; the report adds
+images/s, GFLOP/s and the speed-up over eager.
 
 The smoke run (--benchmark-disable) makes only PLR-OSNet's eager and ONNX Runtime cases at batch
 1: the other cases need exports or compilations of minutes each on a laptop-class CPU.
 """
 
 import functools
+import time
 
 import pytest
 import torch
 from benchutil import devices
+from torch.utils.flop_counter import FlopCounterMode
 
 from reidfast.deploy import Embedder
 from reidfast.export import Preprocessing, build_tensorrt_engine, export_aoti, export_onnx
@@ -49,8 +53,30 @@ def model(name, device):
 
 
 @functools.cache
+def gflop(name):
+    """The model's floating-point operations per image in GFLOP (torch.utils.flop_counter: the
+    convolutions and matrix products, 2 per multiply-add)."""
+    height, width = MODELS[name]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(name, "cpu")(torch.zeros(1, 3, height, width))
+    return counter.get_total_flops() / 1e9
+
+
+EMBEDDERS = {}  # (name, runtime, device) -> Embedder, made by the first case that needs it
+
+
 def embedder(name, runtime, device, folder):
-    """The Embedder of `name` on `runtime` (its exports written to `folder`), made once per run."""
+    """(the Embedder of `name` on `runtime`, the seconds spent making it now: its export, 0 when an
+    earlier case made it); exports are written to `folder`."""
+    key = (name, runtime, device)
+    if key in EMBEDDERS:
+        return EMBEDDERS[key], 0.0
+    start = time.perf_counter()
+    EMBEDDERS[key] = make_embedder(name, runtime, device, folder)
+    return EMBEDDERS[key], time.perf_counter() - start
+
+
+def make_embedder(name, runtime, device, folder):
     height, width = MODELS[name]
     preprocessing = Preprocessing(height, width)
     net = model(name, device)
@@ -114,15 +140,35 @@ def test_latency(benchmark, timed, folder, name, batch, runtime, device):
     height, width = MODELS[name]
     benchmark.group = f"deploy {name} {device} batch={batch}"
     images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch)).to(device)
+    net, work = model(name, device), gflop(name)  # built before any clock starts
+    start = time.perf_counter()
     if runtime == "cuda-graphs":
-        run = cuda_graph(model(name, device), batch, height, width)
+        run = cuda_graph(net, batch, height, width)
+        exported = time.perf_counter() - start
     else:
-        run = embedder(name, runtime, device, folder).run
-    with torch.no_grad():
-        want = model(name, device)(images).float()
+        runtime_embedder, exported = embedder(name, runtime, device, folder)
+        run = runtime_embedder.run
+    start = time.perf_counter()
     got = run(images).float().to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    first_call = time.perf_counter() - start
+    with torch.no_grad():
+        want = net(images).float()
     error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
     assert error <= TOLERANCE.get(runtime, 1e-3), f"{runtime} differs from eager by {error:.3g}"
     dtype = "float16" if runtime == "tensorrt-fp16" else "float32"
     timed(lambda: run(images), device, rounds=ROUNDS[device][batch], op="deploy", impl=runtime, model=name,
-          passname="inference", shape=[batch, 3, height, width], dtype=dtype, max_error=error)
+          passname="inference", shape=[batch, 3, height, width], dtype=dtype, max_error=error,
+          gflop_per_image=work, setup_s=exported + first_call)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_matmul_throughput(benchmark, timed, device):
+    """For scale: the GFLOP/s of one large float32 matrix product (torch.mm, 4096 x 4096), close
+    to what the device's float32 arithmetic allows; a model's GFLOP/s is read against it."""
+    size = 4096
+    a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(i)).to(device) for i in range(2))
+    benchmark.group = f"deploy matmul {device}"
+    timed(lambda: torch.mm(a, b), device, rounds=10, op="deploy-matmul", impl="torch.mm", passname="forward",
+          shape=[size, size, size], dtype="float32", gflop=2 * size**3 / 1e9)

@@ -214,24 +214,34 @@ def deploy_table(cases):
     chosen = [case for case in cases if case["op"] == "deploy"]
     if not chosen:
         return None
+    matmul = [case for case in cases if case["op"] == "deploy-matmul"]
     models = list(dict.fromkeys(case["model"] for case in chosen))
     chosen.sort(key=lambda c: (models.index(c["model"]), c["shape"][0], DEPLOY_RUNTIMES.index(c["impl"])))
     eager = {(case["model"], case["shape"][0]): case for case in chosen if case["impl"] == "eager"}
-    lines = [_row(["model", "input", "batch", "runtime", "median ms", "p90 ms", "images/s", "vs eager", "rounds"]),
-             "|---|---|---:|---|" + "---:|" * 5]
+    header = ["model", "input", "batch", "runtime", "median ms", "p90 ms", "images/s", "GFLOP/s", "vs eager",
+              "setup s", "rounds"]
+    lines = [_row(header), "|---|---|---:|---|" + "---:|" * 7]
     for case in chosen:
         batch = case["shape"][0]
         baseline = eager.get((case["model"], batch))
+        images_per_second = 1e3 * batch / case["median_ms"]
         lines.append(_row([
             case["model"], " x ".join(map(str, case["shape"][2:])), str(batch),
             f"`{case['impl']}`" + (" (float16)" if case["dtype"] != "float32" else ""),
-            _milliseconds(case["median_ms"]), _milliseconds(case["p90_ms"]),
-            f"{1e3 * batch / case['median_ms']:.1f}",
-            f"{baseline['median_ms'] / case['median_ms']:.2f}x" if baseline else "-", str(case["rounds"]),
+            _milliseconds(case["median_ms"]), _milliseconds(case["p90_ms"]), f"{images_per_second:.1f}",
+            f"{images_per_second * case['gflop_per_image']:.1f}" if "gflop_per_image" in case else "-",
+            f"{baseline['median_ms'] / case['median_ms']:.2f}x" if baseline else "-",
+            f"{case['setup_s']:.1f}" if "setup_s" in case else "-", str(case["rounds"]),
         ]))
     return ("Deployment latency (`bench/bench_deploy.py`): one batch of preprocessed images through each runtime of "
             "`reidfast.deploy.Embedder`, randomly initialised models in eval mode, float32 unless named; median "
-            "and p90 over the rounds timed:\n\n" + "\n".join(lines))
+            "and p90 over the rounds timed; GFLOP/s: the model's floating-point operations (convolutions and "
+            "matrix products) per second at the median; setup: the export made in that case (a runtime's first "
+            "batch size makes it, the others share it) and the first call (compilation, for `compile`):\n\n"
+            + "\n".join(lines)
+            + "".join(f"\n\nFor scale, a {' x '.join(map(str, case['shape'][:2]))} float32 matrix product "
+                      f"(`torch.mm`) runs at {1e3 * case['gflop'] / case['median_ms']:.1f} GFLOP/s on this device."
+                      for case in matmul))
 
 
 def readme_section(results):
@@ -243,7 +253,7 @@ def readme_section(results):
         tables = [table for table in tables if table is not None]
         if tables:
             chosen = [case for headline in HEADLINES for case in headline_cases(headline, result["cases"])]
-            chosen += [case for case in result["cases"] if case["op"] == "deploy"]
+            chosen += [case for case in result["cases"] if case["op"] in ("deploy", "deploy-matmul")]
             parts += [f"### {result['device_name']}", _provenance(result, chosen), *tables]
     if not parts:
         parts.append("No results yet.")

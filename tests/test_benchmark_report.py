@@ -110,21 +110,26 @@ def _deploy_case(model, batch, runtime, median_ms, p90_ms, dtype="float32"):
         "id": f"bench/bench_deploy.py::test_latency[{model}-{batch}-{runtime}-cpu]", "op": "deploy", "impl": runtime,
         "model": model, "passname": "inference", "shape": [batch, 3, 256, 128], "dtype": dtype, "rounds": 5,
         "median_ms": median_ms, "p90_ms": p90_ms, "group": f"deploy {model} cpu batch={batch}", "device": "cpu",
+        "gflop_per_image": 2.5, "setup_s": 12.25,
     }
 
 
 def test_deploy_table_orders_runtimes_and_compares_with_eager():
     cases = [_deploy_case("osnet", 16, "onnxruntime", 400.0, 410.0), _deploy_case("osnet", 1, "aoti", 20.0, 25.0),
              _deploy_case("osnet", 1, "eager", 50.0, 60.0), _deploy_case("osnet", 16, "eager", 800.0, 900.0),
-             _deploy_case("osnet", 1, "tensorrt-fp16", 2.0, 2.5, dtype="float16"), _pool_case("reference", 1.0)]
+             _deploy_case("osnet", 1, "tensorrt-fp16", 2.0, 2.5, dtype="float16"), _pool_case("reference", 1.0),
+             {"op": "deploy-matmul", "shape": [4096, 4096, 4096], "gflop": 137.4, "median_ms": 2000.0}]
     lines = report.deploy_table(cases).splitlines()
-    assert lines[2] == "| model | input | batch | runtime | median ms | p90 ms | images/s | vs eager | rounds |"
+    assert lines[-1] == "For scale, a 4096 x 4096 float32 matrix product (`torch.mm`) runs at 68.7 GFLOP/s on this device."
+    lines = lines[:-2]
+    assert lines[2] == ("| model | input | batch | runtime | median ms | p90 ms | images/s | GFLOP/s | vs eager | setup s "
+                        "| rounds |")
     assert lines[4:] == [
-        "| osnet | 256 x 128 | 1 | `eager` | 50.0 | 60.0 | 20.0 | 1.00x | 5 |",
-        "| osnet | 256 x 128 | 1 | `aoti` | 20.0 | 25.0 | 50.0 | 2.50x | 5 |",
-        "| osnet | 256 x 128 | 1 | `tensorrt-fp16` (float16) | 2.00 | 2.50 | 500.0 | 25.00x | 5 |",
-        "| osnet | 256 x 128 | 16 | `eager` | 800 | 900 | 20.0 | 1.00x | 5 |",
-        "| osnet | 256 x 128 | 16 | `onnxruntime` | 400 | 410 | 40.0 | 2.00x | 5 |",
+        "| osnet | 256 x 128 | 1 | `eager` | 50.0 | 60.0 | 20.0 | 50.0 | 1.00x | 12.2 | 5 |",
+        "| osnet | 256 x 128 | 1 | `aoti` | 20.0 | 25.0 | 50.0 | 125.0 | 2.50x | 12.2 | 5 |",
+        "| osnet | 256 x 128 | 1 | `tensorrt-fp16` (float16) | 2.00 | 2.50 | 500.0 | 1250.0 | 25.00x | 12.2 | 5 |",
+        "| osnet | 256 x 128 | 16 | `eager` | 800 | 900 | 20.0 | 50.0 | 1.00x | 12.2 | 5 |",
+        "| osnet | 256 x 128 | 16 | `onnxruntime` | 400 | 410 | 40.0 | 100.0 | 2.00x | 12.2 | 5 |",
     ]
     assert report.deploy_table([_pool_case("reference", 1.0)]) is None
 
